@@ -1,0 +1,240 @@
+"""Attention over unpadded (packed) sequences.
+
+Every layer sees hidden states as one [T, H] tensor holding all sequences back to back, with
+`cu_seqlens` ([N + 1], int32) marking where each sequence starts. No token ever attends across a
+sequence boundary. Two backends:
+
+- "flash": flash-attn's varlen kernel, which takes the packed layout as it is (CUDA, fp16/bf16).
+- "sdpa": PyTorch's scaled_dot_product_attention, everywhere else (CPU included).
+  * Sliding layers run *blocked* attention: sequences are cut into blocks of `local_window`
+    queries, and each block attends to its own block and its two neighbours (3 * window keys),
+    masked to |i - j| <= window. Cost and memory are O(T * window); no T x T mask exists.
+  * Global layers run SDPA on length buckets: sequences sorted by length and grouped so that
+    each bucket wastes at most 1/8 of its rows on padding; a lone sequence runs unpadded.
+
+`AttentionPlan.build` computes the gather/scatter indices once per forward pass; every layer
+reuses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+try:  # flash-attn is an optional extra ("gpu")
+    from flash_attn import flash_attn_varlen_func
+except ImportError:  # pragma: no cover - depends on the machine
+    flash_attn_varlen_func = None
+
+BACKENDS = ("flash", "sdpa")
+
+# A sequence joins a global-attention bucket when it is at least this fraction of the bucket's
+# longest sequence: at most 1/8 of a bucket's rows are padding.
+_BUCKET_MIN_FILL = 7 / 8
+
+
+def flash_available() -> bool:
+    return flash_attn_varlen_func is not None and torch.cuda.is_available()
+
+
+def default_backend(device: torch.device, dtype: torch.dtype) -> str:
+    if flash_available() and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return "flash"
+    return "sdpa"
+
+
+def check_backend(backend: str, device: torch.device, dtype: torch.dtype) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"attn_backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "flash":
+        if flash_attn_varlen_func is None:
+            raise ValueError("attn_backend='flash' needs the flash-attn package (pip install '.[gpu]')")
+        if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"attn_backend='flash' runs on CUDA in float16/bfloat16, not on {device.type} in {dtype}"
+            )
+
+
+@dataclass
+class GlobalBucket:
+    """Sequences of similar length attended together as one padded [b, L] batch."""
+
+    gather: torch.Tensor | None  # [b * L] rows of the packed tensor (T = zero row); None: a plain slice
+    token_slice: slice | None  # the packed rows of a lone sequence (when gather is None)
+    key_mask: torch.Tensor | None  # [b, 1, 1, L] True for real keys; None when nothing is padded
+    valid_rows: torch.Tensor | None  # [b * L] True for real queries; None when nothing is padded
+    batch: int
+    length: int
+
+
+@dataclass
+class AttentionPlan:
+    """Index bookkeeping for one packed batch, shared by all layers of a forward pass."""
+
+    backend: str
+    cu_seqlens: torch.Tensor  # [N + 1] int32
+    max_seqlen: int
+    total_tokens: int
+    local_window: int
+    # sdpa, sliding layers
+    block_gather: torch.Tensor | None = None  # [NB * window] packed row per block slot (T = zero row)
+    block_scatter: torch.Tensor | None = None  # [T] block slot of each packed row
+    block_mask: torch.Tensor | None = None  # [NB, 1, window, 3 * window]
+    # sdpa, global layers
+    buckets: list[GlobalBucket] | None = None
+    bucket_inverse: torch.Tensor | None = None  # [T] row of concatenated bucket outputs per token
+
+    @classmethod
+    def build(
+        cls, cu_seqlens: torch.Tensor, max_seqlen: int, local_window: int, backend: str
+    ) -> AttentionPlan:
+        total = int(cu_seqlens[-1])
+        plan = cls(backend, cu_seqlens, max_seqlen, total, local_window)
+        if backend == "sdpa":
+            seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+            plan._build_blocks(seqlens)
+            plan._build_buckets(seqlens)
+        return plan
+
+    def _build_blocks(self, seqlens: list[int]) -> None:
+        device = self.cu_seqlens.device
+        w = self.local_window
+        starts = self.cu_seqlens[:-1].long()
+        lengths = self.cu_seqlens[1:].long() - starts
+        blocks_per_seq = (lengths + w - 1) // w
+        first_block = torch.cumsum(blocks_per_seq, 0) - blocks_per_seq
+        num_blocks = int(blocks_per_seq.sum())
+        seq_of_token = torch.repeat_interleave(torch.arange(len(seqlens), device=device), lengths)
+        offset_in_seq = torch.arange(self.total_tokens, device=device) - starts[seq_of_token]
+        self.block_scatter = first_block[seq_of_token] * w + offset_in_seq
+        gather = torch.full((num_blocks * w,), self.total_tokens, dtype=torch.long, device=device)
+        gather[self.block_scatter] = torch.arange(self.total_tokens, device=device)
+        self.block_gather = gather
+
+        valid = (gather != self.total_tokens).view(num_blocks, w)
+        seq_of_block = torch.repeat_interleave(torch.arange(len(seqlens), device=device), blocks_per_seq)
+        same_as_prev = torch.zeros(num_blocks, dtype=torch.bool, device=device)
+        same_as_prev[1:] = seq_of_block[1:] == seq_of_block[:-1]
+        same_as_next = torch.zeros(num_blocks, dtype=torch.bool, device=device)
+        same_as_next[:-1] = same_as_prev[1:]
+        no_block = torch.zeros(1, w, dtype=torch.bool, device=device)
+        prev_valid = torch.cat([no_block, valid[:-1]]) & same_as_prev[:, None]
+        next_valid = torch.cat([valid[1:], no_block]) & same_as_next[:, None]
+        key_valid = torch.cat([prev_valid, valid, next_valid], dim=1)  # [NB, 3w]
+        # query i of a block sits at position w + i among its 3w keys
+        q_pos = torch.arange(w, device=device)[:, None] + w
+        k_pos = torch.arange(3 * w, device=device)[None, :]
+        band = (q_pos - k_pos).abs() <= w
+        self.block_mask = (band[None] & key_valid[:, None, :])[:, None]
+
+    def _build_buckets(self, seqlens: list[int]) -> None:
+        device = self.cu_seqlens.device
+        starts = self.cu_seqlens[:-1].tolist()
+        order = sorted(range(len(seqlens)), key=lambda i: -seqlens[i])
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and seqlens[i] >= _BUCKET_MIN_FILL * seqlens[groups[-1][0]]:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+
+        self.buckets = []
+        token_order = []
+        for group in groups:
+            length = seqlens[group[0]]
+            if len(group) == 1:
+                s = starts[group[0]]
+                self.buckets.append(GlobalBucket(None, slice(s, s + length), None, None, 1, length))
+                token_order.append(torch.arange(s, s + length, device=device))
+                continue
+            lens = torch.tensor([seqlens[i] for i in group], device=device)
+            group_starts = torch.tensor([starts[i] for i in group], device=device)
+            positions = torch.arange(length, device=device)
+            valid = positions[None, :] < lens[:, None]  # [b, L]
+            gather = torch.where(valid, group_starts[:, None] + positions, self.total_tokens).flatten()
+            padded = bool((lens != length).any())
+            self.buckets.append(
+                GlobalBucket(
+                    gather=gather,
+                    token_slice=None,
+                    key_mask=valid[:, None, None, :] if padded else None,
+                    valid_rows=valid.flatten() if padded else None,
+                    batch=len(group),
+                    length=length,
+                )
+            )
+            token_order.append(gather[valid.flatten()])
+        self.bucket_inverse = torch.argsort(torch.cat(token_order))
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: AttentionPlan,
+    is_global: bool,
+    dropout_p: float,
+) -> torch.Tensor:
+    """q, k, v: [T, heads, head_dim] -> [T, heads, head_dim]."""
+    if plan.backend == "flash":
+        window = (-1, -1) if is_global else (plan.local_window, plan.local_window)
+        return flash_attn_varlen_func(
+            q, k, v, plan.cu_seqlens, plan.cu_seqlens, plan.max_seqlen, plan.max_seqlen,
+            dropout_p=dropout_p, window_size=window,
+        )
+    if is_global:
+        return _bucketed_global_attention(q, k, v, plan, dropout_p)
+    return _blocked_local_attention(q, k, v, plan, dropout_p)
+
+
+def _with_zero_row(x: torch.Tensor) -> torch.Tensor:
+    """Appends one zero row, the target of every padding slot in a gather index."""
+    return torch.cat([x, x.new_zeros(1, *x.shape[1:])])
+
+
+def _blocked_local_attention(q, k, v, plan: AttentionPlan, dropout_p: float) -> torch.Tensor:
+    heads, head_dim = q.shape[1:]
+    w = plan.local_window
+    num_blocks = plan.block_mask.shape[0]
+
+    def to_blocks(x):  # [T, h, d] -> [NB, h, w, d]
+        x = _with_zero_row(x)[plan.block_gather]
+        return x.view(num_blocks, w, heads, head_dim).transpose(1, 2)
+
+    def with_neighbours(x):  # [NB, h, w, d] -> [NB, h, 3w, d]: previous, own and next block
+        pad = x.new_zeros(1, *x.shape[1:])
+        return torch.cat([torch.cat([pad, x[:-1]]), x, torch.cat([x[1:], pad])], dim=2)
+
+    out = F.scaled_dot_product_attention(
+        to_blocks(q), with_neighbours(to_blocks(k)), with_neighbours(to_blocks(v)),
+        attn_mask=plan.block_mask, dropout_p=dropout_p,
+    )
+    out = out.transpose(1, 2).reshape(num_blocks * w, heads, head_dim)
+    return out[plan.block_scatter]
+
+
+def _bucketed_global_attention(q, k, v, plan: AttentionPlan, dropout_p: float) -> torch.Tensor:
+    heads, head_dim = q.shape[1:]
+    if len(plan.buckets) == 1 and plan.buckets[0].token_slice is not None:
+        # one sequence: attend directly on the packed tensor, nothing to gather
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], dropout_p=dropout_p
+        )
+        return out[0].transpose(0, 1)
+
+    q0, k0, v0 = _with_zero_row(q), _with_zero_row(k), _with_zero_row(v)
+    outs = []
+    for bucket in plan.buckets:
+        if bucket.gather is None:
+            qb, kb, vb = (x[bucket.token_slice][None] for x in (q, k, v))
+        else:
+            qb, kb, vb = (x[bucket.gather].view(bucket.batch, bucket.length, heads, head_dim) for x in (q0, k0, v0))
+        out = F.scaled_dot_product_attention(
+            qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2),
+            attn_mask=bucket.key_mask, dropout_p=dropout_p,
+        )
+        out = out.transpose(1, 2).reshape(bucket.batch * bucket.length, heads, head_dim)
+        outs.append(out if bucket.valid_rows is None else out[bucket.valid_rows])
+    return torch.cat(outs)[plan.bucket_inverse]

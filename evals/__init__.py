@@ -1,0 +1,1 @@
+"""Evaluation and benchmarks of the toolkit's models: `python -m evals.bench ...`."""

@@ -1,0 +1,296 @@
+"""Benchmarks. `python -m evals.bench encoder` (also `retriever bench encoder`).
+
+The encoder benchmark builds ModernBERT-base-shaped random weights once, saves them as a
+transformers checkpoint, and runs our encoder and `transformers.ModernBertModel`
+(attn_implementation="sdpa") on those weights, in this process, on the same inputs:
+
+(a) a ragged long batch: documents with lengths spread evenly over [long-min, long-max];
+(b) a ragged short batch: texts with random lengths in [short-min, short-max].
+
+It prints tokens/s (real tokens, padding not counted) for both and their ratio, peak memory
+above the process's baseline, the max difference between the two outputs, and GFLOP/s: the
+model's useful FLOPs (no padding, sliding layers counted at their window) per second, next to a
+plain matmul measured in the same run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True)
+console = Console(stderr=True)
+
+
+
+@app.callback()
+def main() -> None:
+    """Speed benchmarks: figures and ratios against the reference, measured in one run."""
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class CaseResult:
+    case: str
+    shape: str
+    tokens: int
+    ours_s: float
+    reference_s: float
+    ours_tokens_per_s: float
+    reference_tokens_per_s: float
+    speedup: float
+    ours_peak_mib: float
+    reference_peak_mib: float
+    ours_gflops: float
+    reference_gflops: float
+    max_abs_diff: float
+
+
+class PeakMemory:
+    """Peak memory above the starting point: CUDA allocator stats, or RSS sampled every 2 ms on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_bytes = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            _return_free_memory_to_os()
+            self.base = _rss_bytes()
+            self.peak_bytes = 0
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak_bytes = max(self.peak_bytes, _rss_bytes() - self.base)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, _rss_bytes() - self.base)
+
+    @property
+    def mib(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+def _return_free_memory_to_os() -> None:
+    """So that one model's freed heap does not hide the next model's peak from RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def model_flops(config, lengths: list[int]) -> float:
+    """Forward FLOPs of the real tokens: matmuls (2 per multiply-add) of every layer and attention.
+
+    Attention counts QK^T and PV over the (query, key) pairs that each layer really attends:
+    all pairs of a sequence in global layers, |i - j| <= window in sliding layers.
+    """
+    h, i = config.hidden_size, config.intermediate_size
+    per_token_per_layer = 2 * (h * 3 * h + h * h + h * 2 * i + i * h)
+    tokens = sum(lengths)
+    w = config.local_window
+    global_pairs = sum(n * n for n in lengths)
+    sliding_pairs = 0
+    for n in lengths:
+        pos = np.arange(n)
+        sliding_pairs += int((np.minimum(pos + w, n - 1) - np.maximum(pos - w, 0) + 1).sum())
+    n_global = sum(config.is_global(k) for k in range(config.num_hidden_layers))
+    n_sliding = config.num_hidden_layers - n_global
+    attention = 4 * h * (n_global * global_pairs + n_sliding * sliding_pairs)
+    return config.num_hidden_layers * per_token_per_layer * tokens + attention
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype) -> float:
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    repeats = 20 if device.type == "cuda" else 3
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ragged_batch(lengths: list[int], vocab_size: int, seed: int, device: torch.device):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, vocab_size, (len(lengths), max(lengths)), generator=generator)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, n in enumerate(lengths):
+        attention_mask[row, :n] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, float, torch.Tensor]:
+    """Best wall time over repeats, peak memory of the first run, and the output."""
+    best = float("inf")
+    peak = None
+    for _ in range(repeats):
+        with PeakMemory(device) as memory:
+            _sync(device)
+            start = time.perf_counter()
+            out = fn()
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+        peak = memory.mib if peak is None else peak
+    return best, peak, out
+
+
+def run_case(name, lengths, ours, reference, config, device, repeats) -> CaseResult:
+    input_ids, attention_mask = ragged_batch(lengths, config.vocab_size, seed=len(lengths), device=device)
+    warm_ids, warm_mask = input_ids[:2, :64], attention_mask[:2, :64]
+    with torch.inference_mode():
+        ours(warm_ids, warm_mask)
+        reference(input_ids=warm_ids, attention_mask=warm_mask)
+        console.print(f"[bold]{name}[/]: {len(lengths)} sequences, {sum(lengths)} tokens "
+                      f"(lengths {min(lengths)}..{max(lengths)}), padded to {max(lengths)}")
+        with console.status(f"{name}: ours"):
+            ours_s, ours_peak, ours_out = timed(lambda: ours(input_ids, attention_mask).last_hidden_state,
+                                                device, repeats)
+        console.print(f"  ours        {ours_s:8.2f} s")
+        with console.status(f"{name}: transformers"):
+            ref_s, ref_peak, ref_out = timed(
+                lambda: reference(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                device, repeats)
+        console.print(f"  transformers {ref_s:7.2f} s")
+    mask = attention_mask.bool()
+    diff = (ours_out[mask].float() - ref_out[mask].float()).abs().max().item()
+    tokens = sum(lengths)
+    flops = model_flops(config, lengths)
+    return CaseResult(
+        case=name,
+        shape=f"{len(lengths)} x {min(lengths)}..{max(lengths)}",
+        tokens=tokens,
+        ours_s=ours_s,
+        reference_s=ref_s,
+        ours_tokens_per_s=tokens / ours_s,
+        reference_tokens_per_s=tokens / ref_s,
+        speedup=ref_s / ours_s,
+        ours_peak_mib=ours_peak,
+        reference_peak_mib=ref_peak,
+        ours_gflops=flops / ours_s / 1e9,
+        reference_gflops=flops / ref_s / 1e9,
+        max_abs_diff=diff,
+    )
+
+
+@app.command()
+def encoder(
+    device: str = typer.Option("cpu", help="Device to run on: cpu or cuda."),
+    dtype: str = typer.Option(None, help="fp32, bf16 or fp16. Default: fp32 on CPU, bf16 on CUDA."),
+    attn_backend: str = typer.Option(None, help="Our attention backend (flash or sdpa). Default: automatic."),
+    num_layers: int = typer.Option(22, help="Encoder layers (ModernBERT-base has 22)."),
+    long_docs: int = typer.Option(8, help="Documents in the ragged long batch (a)."),
+    long_min: int = typer.Option(512, help="Shortest document of batch (a), tokens."),
+    long_max: int = typer.Option(8192, help="Longest document of batch (a), tokens."),
+    short_texts: int = typer.Option(64, help="Texts in the ragged short batch (b)."),
+    short_min: int = typer.Option(16, help="Shortest text of batch (b), tokens."),
+    short_max: int = typer.Option(512, help="Longest text of batch (b), tokens."),
+    repeats: int = typer.Option(1, help="Timed runs per case and model; the best is reported."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Our encoder vs transformers' ModernBertModel (sdpa): tokens/s, ratio, peak memory, GFLOP/s."""
+    import transformers
+
+    from encoder import ModernBertModel
+
+    torch_device = torch.device(device)
+    torch_dtype = DTYPES[dtype] if dtype else (torch.bfloat16 if torch_device.type == "cuda" else torch.float32)
+    hf_config = transformers.ModernBertConfig(num_hidden_layers=num_layers, attn_implementation="sdpa")
+    with tempfile.TemporaryDirectory() as checkpoint, console.status("building random ModernBERT-base weights"):
+        torch.manual_seed(0)
+        transformers.ModernBertModel(hf_config).save_pretrained(checkpoint)
+        reference = transformers.ModernBertModel.from_pretrained(
+            checkpoint, attn_implementation="sdpa", dtype=torch_dtype).to(torch_device).eval()
+        ours = ModernBertModel.from_pretrained(checkpoint, device=torch_device, dtype=torch_dtype,
+                                               attn_backend=attn_backend)
+    config = ours.config
+
+    long_lengths = np.linspace(long_min, long_max, long_docs).round().astype(int).tolist()
+    rng = np.random.default_rng(0)
+    short_lengths = rng.integers(short_min, short_max, size=short_texts, endpoint=True).tolist()
+    results = [
+        run_case("(a) long ragged", long_lengths, ours, reference, config, torch_device, repeats),
+        run_case("(b) short ragged", short_lengths, ours, reference, config, torch_device, repeats),
+    ]
+    matmul = matmul_gflops(torch_device, torch_dtype)
+
+    environment = {
+        "device": torch.cuda.get_device_name() if torch_device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "attn_backend": ours.resolve_backend(),
+        "layers": num_layers,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "matmul_gflops": matmul,
+    }
+    if json_output:
+        print(json.dumps({"environment": environment, "results": [asdict(r) for r in results]}, indent=2))
+        return
+    table = Table(title=f"ModernBERT-base shape ({num_layers} layers), {environment['dtype']}, "
+                        f"{device} ({environment['threads']} threads), our backend: {environment['attn_backend']}")
+    table.add_column("")
+    for r in results:
+        table.add_column(f"{r.case}\n{r.shape}", justify="right")
+    rows = [
+        ("real tokens", lambda r: f"{r.tokens:,}"),
+        ("ours tokens/s", lambda r: f"{r.ours_tokens_per_s:,.0f}"),
+        ("transformers tokens/s", lambda r: f"{r.reference_tokens_per_s:,.0f}"),
+        ("speedup", lambda r: f"[bold]{r.speedup:.2f}x[/]"),
+        ("ours peak MiB", lambda r: f"{r.ours_peak_mib:,.0f}"),
+        ("transformers peak MiB", lambda r: f"{r.reference_peak_mib:,.0f}"),
+        ("ours GFLOP/s", lambda r: f"{r.ours_gflops:,.1f}"),
+        ("transformers GFLOP/s", lambda r: f"{r.reference_gflops:,.1f}"),
+        ("max |ours - transformers|", lambda r: f"{r.max_abs_diff:.2e}"),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(r) for r in results))
+    Console().print(table)
+    Console().print(f"plain {environment['dtype']} matmul on this device: {matmul:,.1f} GFLOP/s "
+                    f"(ours reaches {results[0].ours_gflops / matmul:.0%} on (a), "
+                    f"{results[1].ours_gflops / matmul:.0%} on (b))")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Training recipes for the encoder (MLM pretraining, context extension, contrastive, distillation)."""

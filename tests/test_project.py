@@ -1,0 +1,43 @@
+"""The project's entry points: the CLI and the commands the README promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from retriever.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_retriever_version():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("retriever ")
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    setup_block = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(setup_block) == 2, "the README keeps exactly two set-up commands at the top"
+    assert setup_block[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_encoder_benchmark_runs_and_reports_json():
+    """A tiny shape of `python -m evals.bench encoder`: it runs both models and they agree."""
+    result = subprocess.run(
+        [sys.executable, "-m", "evals.bench", "encoder", "--num-layers", "2", "--long-docs", "2",
+         "--long-min", "100", "--long-max", "300", "--short-texts", "3", "--short-max", "40", "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [r["case"] for r in report["results"]] == ["(a) long ragged", "(b) short ragged"]
+    for r in report["results"]:
+        assert r["tokens"] > 0 and r["ours_tokens_per_s"] > 0 and r["reference_tokens_per_s"] > 0
+        assert r["max_abs_diff"] < 1e-3
+    assert report["environment"]["matmul_gflops"] > 0
