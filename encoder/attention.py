@@ -7,8 +7,9 @@ sequence boundary. Two backends:
 - "flash": flash-attn's varlen kernel, which takes the packed layout as it is (CUDA, fp16/bf16).
 - "sdpa": PyTorch's scaled_dot_product_attention, everywhere else (CPU included).
   * Sliding layers run *blocked* attention: sequences are cut into blocks of `local_window`
-    queries, and each block attends to its own block and its two neighbours (3 * window keys),
-    masked to |i - j| <= window. Cost and memory are O(T * window); no T x T mask exists.
+    queries, and each block attends to its own block and its two neighbours (3 * window keys,
+    an overlapping `unfold` view), masked to |i - j| <= window. Cost and memory are
+    O(T * window); no T x T mask exists.
   * Global layers run SDPA on length buckets: sequences sorted by length and grouped so that
     each bucket wastes at most 1/8 of its rows on padding; a lone sequence runs unpadded.
 
@@ -61,7 +62,7 @@ def check_backend(backend: str, device: torch.device, dtype: torch.dtype) -> Non
 class GlobalBucket:
     """Sequences of similar length attended together as one padded [b, L] batch."""
 
-    gather: torch.Tensor | None  # [b * L] rows of the packed tensor (T = zero row); None: a plain slice
+    gather: torch.Tensor | None  # [b * L] rows of the packed tensor; None: a plain slice
     token_slice: slice | None  # the packed rows of a lone sequence (when gather is None)
     key_mask: torch.Tensor | None  # [b, 1, 1, L] True for real keys; None when nothing is padded
     valid_rows: torch.Tensor | None  # [b * L] True for real queries; None when nothing is padded
@@ -79,8 +80,8 @@ class AttentionPlan:
     total_tokens: int
     local_window: int
     # sdpa, sliding layers
-    block_gather: torch.Tensor | None = None  # [NB * window] packed row per block slot (T = zero row)
-    block_scatter: torch.Tensor | None = None  # [T] block slot of each packed row
+    block_gather: torch.Tensor | None = None  # [(NB + 2) * window] packed row per block slot, one empty block each end
+    block_scatter: torch.Tensor | None = None  # [T] block slot (among the NB * window) of each packed row
     block_mask: torch.Tensor | None = None  # [NB, 1, window, 3 * window]
     # sdpa, global layers
     buckets: list[GlobalBucket] | None = None
@@ -109,11 +110,15 @@ class AttentionPlan:
         seq_of_token = torch.repeat_interleave(torch.arange(len(seqlens), device=device), lengths)
         offset_in_seq = torch.arange(self.total_tokens, device=device) - starts[seq_of_token]
         self.block_scatter = first_block[seq_of_token] * w + offset_in_seq
-        gather = torch.full((num_blocks * w,), self.total_tokens, dtype=torch.long, device=device)
-        gather[self.block_scatter] = torch.arange(self.total_tokens, device=device)
+        # Padding slots point at row 0: they are masked as keys and dropped as queries, so any
+        # finite row serves and no zero row has to be appended to q, k and v.
+        gather = torch.zeros((num_blocks + 2) * w, dtype=torch.long, device=device)
+        gather[self.block_scatter + w] = torch.arange(self.total_tokens, device=device)
         self.block_gather = gather
+        is_token = torch.zeros((num_blocks + 2) * w, dtype=torch.bool, device=device)
+        is_token[self.block_scatter + w] = True
 
-        valid = (gather != self.total_tokens).view(num_blocks, w)
+        valid = is_token[w:-w].view(num_blocks, w)
         seq_of_block = torch.repeat_interleave(torch.arange(len(seqlens), device=device), blocks_per_seq)
         same_as_prev = torch.zeros(num_blocks, dtype=torch.bool, device=device)
         same_as_prev[1:] = seq_of_block[1:] == seq_of_block[:-1]
@@ -153,7 +158,7 @@ class AttentionPlan:
             group_starts = torch.tensor([starts[i] for i in group], device=device)
             positions = torch.arange(length, device=device)
             valid = positions[None, :] < lens[:, None]  # [b, L]
-            gather = torch.where(valid, group_starts[:, None] + positions, self.total_tokens).flatten()
+            gather = torch.where(valid, group_starts[:, None] + positions, 0).flatten()  # pads: any row
             padded = bool((lens != length).any())
             self.buckets.append(
                 GlobalBucket(
@@ -189,26 +194,18 @@ def varlen_attention(
     return _blocked_local_attention(q, k, v, plan, dropout_p)
 
 
-def _with_zero_row(x: torch.Tensor) -> torch.Tensor:
-    """Appends one zero row, the target of every padding slot in a gather index."""
-    return torch.cat([x, x.new_zeros(1, *x.shape[1:])])
-
-
 def _blocked_local_attention(q, k, v, plan: AttentionPlan, dropout_p: float) -> torch.Tensor:
     heads, head_dim = q.shape[1:]
     w = plan.local_window
     num_blocks = plan.block_mask.shape[0]
+    inner = plan.block_gather[w:-w]
 
-    def to_blocks(x):  # [T, h, d] -> [NB, h, w, d]
-        x = _with_zero_row(x)[plan.block_gather]
-        return x.view(num_blocks, w, heads, head_dim).transpose(1, 2)
-
-    def with_neighbours(x):  # [NB, h, w, d] -> [NB, h, 3w, d]: previous, own and next block
-        pad = x.new_zeros(1, *x.shape[1:])
-        return torch.cat([torch.cat([pad, x[:-1]]), x, torch.cat([x[1:], pad])], dim=2)
+    def key_windows(x):  # [T, h, d] -> [NB, h, 3w, d]: each block's previous, own and next block
+        # unfold makes overlapping windows as a view: no copy of the 3x larger key tensor
+        return x[plan.block_gather].unfold(0, 3 * w, w).permute(0, 1, 3, 2)
 
     out = F.scaled_dot_product_attention(
-        to_blocks(q), with_neighbours(to_blocks(k)), with_neighbours(to_blocks(v)),
+        q[inner].view(num_blocks, w, heads, head_dim).transpose(1, 2), key_windows(k), key_windows(v),
         attn_mask=plan.block_mask, dropout_p=dropout_p,
     )
     out = out.transpose(1, 2).reshape(num_blocks * w, heads, head_dim)
@@ -217,24 +214,18 @@ def _blocked_local_attention(q, k, v, plan: AttentionPlan, dropout_p: float) -> 
 
 def _bucketed_global_attention(q, k, v, plan: AttentionPlan, dropout_p: float) -> torch.Tensor:
     heads, head_dim = q.shape[1:]
-    if len(plan.buckets) == 1 and plan.buckets[0].token_slice is not None:
-        # one sequence: attend directly on the packed tensor, nothing to gather
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], dropout_p=dropout_p
-        )
-        return out[0].transpose(0, 1)
-
-    q0, k0, v0 = _with_zero_row(q), _with_zero_row(k), _with_zero_row(v)
     outs = []
     for bucket in plan.buckets:
         if bucket.gather is None:
             qb, kb, vb = (x[bucket.token_slice][None] for x in (q, k, v))
         else:
-            qb, kb, vb = (x[bucket.gather].view(bucket.batch, bucket.length, heads, head_dim) for x in (q0, k0, v0))
+            qb, kb, vb = (x[bucket.gather].view(bucket.batch, bucket.length, heads, head_dim) for x in (q, k, v))
         out = F.scaled_dot_product_attention(
             qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2),
             attn_mask=bucket.key_mask, dropout_p=dropout_p,
         )
         out = out.transpose(1, 2).reshape(bucket.batch * bucket.length, heads, head_dim)
         outs.append(out if bucket.valid_rows is None else out[bucket.valid_rows])
+    if len(plan.buckets) == 1 and plan.buckets[0].gather is None:
+        return outs[0]  # one sequence: already in packed order
     return torch.cat(outs)[plan.bucket_inverse]

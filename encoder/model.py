@@ -113,19 +113,18 @@ def _cu_seqlens(seqlens: torch.Tensor) -> torch.Tensor:
 def rotary_cos_sin(
     position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [T, head_dim] for the positions given, computed in float32 as transformers does."""
+    """cos/sin of the rotation angles, [T, head_dim / 2], computed in float32 as transformers does."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
-    freqs = position_ids.float()[:, None] * inv_freq.to(position_ids.device)[None, :]
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    angles = position_ids.float()[:, None] * inv_freq.to(position_ids.device)[None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, heads, head_dim]; rotates pairs (i, i + head_dim/2) by position-dependent angles."""
-    x32 = x.float()
-    x1, x2 = x32.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x32 * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+    """x: [T, ..., head_dim]; rotates each pair (i, i + head_dim / 2) by its angle, in float32."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (cos.shape[1],)
+    cos, sin = cos.view(shape), sin.view(shape)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 class ModernBertEmbeddings(nn.Module):
@@ -152,8 +151,8 @@ class ModernBertAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
         qkv = self.Wqkv(x).view(-1, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.unbind(dim=1)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(qkv[:, :2], cos, sin).unbind(dim=1)
+        v = qkv[:, 2]
         dropout_p = self.attention_dropout if self.training else 0.0
         out = varlen_attention(q, k, v, plan, self.is_global, dropout_p)
         return self.out_drop(self.Wo(out.reshape(x.shape)))
