@@ -9,6 +9,9 @@ import torch
 
 from encoder.attention import AttentionPlan, varlen_attention
 
+# CUDA groups global-attention buckets differently: both layouts must give the same attention
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
 
 def dense_reference(q, k, v, seqlens, window):
     """Each sequence alone, full softmax, keys limited to |i - j| <= window when window is set."""
@@ -37,13 +40,14 @@ def dense_reference(q, k, v, seqlens, window):
     ],
 )
 @pytest.mark.parametrize("is_global", [True, False], ids=["global", "sliding"])
-def test_varlen_attention_matches_dense(seqlens, window, is_global):
+@pytest.mark.parametrize("device", DEVICES)
+def test_varlen_attention_matches_dense(seqlens, window, is_global, device):
     generator = torch.Generator().manual_seed(sum(seqlens) + window)
     total = sum(seqlens)
     q, k, v = (torch.randn(total, 3, 8, generator=generator, dtype=torch.float64) for _ in range(3))
     cu_seqlens = torch.tensor([0] + seqlens).cumsum(0).to(torch.int32)
-    plan = AttentionPlan.build(cu_seqlens, max(seqlens), window, "sdpa")
-    got = varlen_attention(q, k, v, plan, is_global=is_global, dropout_p=0.0)
+    plan = AttentionPlan.build(cu_seqlens.to(device), max(seqlens), window, "sdpa")
+    got = varlen_attention(q.to(device), k.to(device), v.to(device), plan, is_global=is_global, dropout_p=0.0).cpu()
     expected = dense_reference(q, k, v, seqlens, None if is_global else window)
     assert (got - expected).abs().max() < 1e-10
 
