@@ -4,6 +4,17 @@ from encoder.checkpoint import CheckpointError
 from encoder.config import ModernBertConfig
 from encoder.model import MaskedLMOutput, ModernBertForMaskedLM, ModernBertModel, ModernBertOutput
 
+
+
+def __getattr__(name: str):
+    # sentence-transformers is heavy to import: load the embedder only when it is asked for
+    if name == "load_embedder":
+        from encoder.embedder import load_embedder
+
+        return load_embedder
+    raise AttributeError(f"module 'encoder' has no attribute {name!r}")
+
+
 __all__ = [
     "CheckpointError",
     "MaskedLMOutput",
@@ -11,4 +22,5 @@ __all__ = [
     "ModernBertForMaskedLM",
     "ModernBertModel",
     "ModernBertOutput",
+    "load_embedder",
 ]

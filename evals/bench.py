@@ -1,4 +1,4 @@
-"""Benchmarks. `python -m evals.bench encoder` (also `retriever bench encoder`).
+"""Benchmarks. `python -m evals.bench encoder|embedder` (also `retriever bench ...`).
 
 The encoder benchmark builds ModernBERT-base-shaped random weights once, saves them as a
 transformers checkpoint, and runs our encoder and `transformers.ModernBertModel`
@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -290,6 +291,132 @@ def encoder(
     Console().print(f"plain {environment['dtype']} matmul on this device: {matmul:,.1f} GFLOP/s "
                     f"(ours reaches {results[0].ours_gflops / matmul:.0%} on (a), "
                     f"{results[1].ours_gflops / matmul:.0%} on (b))")
+
+
+SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
+
+
+def read_beir_corpus(directory: Path, limit: int) -> list[str]:
+    corpus_path = directory / "corpus.jsonl"
+    if not corpus_path.is_file():
+        raise typer.BadParameter(f"{corpus_path} not found: pass --scifact with a BEIR folder")
+    texts = []
+    with corpus_path.open(encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            texts.append(f"{doc.get('title', '')} {doc['text']}".strip())
+            if len(texts) == limit:
+                break
+    return texts
+
+
+def train_tokenizer(texts: list[str], path: Path):
+    """A byte-level BPE with ModernBERT's special tokens, trained on the benchmark corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=16384, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=8192)
+    fast.save_pretrained(path)
+    return fast
+
+
+def long_documents(texts: list[str], tokenizer, lengths: list[int]) -> list[str]:
+    """Abstracts concatenated (cycling through the corpus) and cut to the given token counts."""
+    docs, i = [], 0
+    for target in lengths:
+        ids: list[int] = []
+        while len(ids) < target:
+            ids += tokenizer(texts[i % len(texts)], add_special_tokens=False)["input_ids"]
+            i += 1
+        docs.append(tokenizer.decode(ids[: target - 2]))
+    return docs
+
+
+@app.command()
+def embedder(
+    scifact: Path = typer.Option(SCIFACT, help="BEIR folder whose corpus.jsonl gives the short documents."),
+    docs: int = typer.Option(256, help="Abstracts to encode."),
+    long_docs: int = typer.Option(2, help="Long documents, lengths spread evenly up to --max-length."),
+    max_length: int = typer.Option(8192, help="Longest document, tokens."),
+    num_layers: int = typer.Option(22, help="Encoder layers (ModernBERT-base shape otherwise)."),
+    batch_size: int = typer.Option(32, help="Stock batch size for the abstracts."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """load_embedder(dir) vs stock SentenceTransformer(dir): docs/s on abstracts plus long documents.
+
+    The checkpoint is ModernBERT-base-shaped with random weights, mean pooling and normalisation,
+    and a BPE tokenizer trained on the abstracts. Stock encodes the abstracts with --batch-size and
+    each long document alone (its best case: no padding); ours encodes everything in one call.
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from encoder import ModernBertConfig, ModernBertModel, load_embedder
+
+    texts = read_beir_corpus(scifact, docs)
+    with tempfile.TemporaryDirectory() as tmp, console.status("building checkpoint and tokenizer"):
+        checkpoint, layout = Path(tmp) / "checkpoint", Path(tmp) / "st"
+        tokenizer = train_tokenizer(texts, checkpoint)
+        lengths = np.linspace(max_length, max_length / long_docs, long_docs).round().astype(int).tolist()
+        long_texts = long_documents(texts, tokenizer, lengths)
+        torch.manual_seed(0)
+        config = ModernBertConfig(num_hidden_layers=num_layers, vocab_size=len(tokenizer),
+                                  pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+                                  sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                                  eos_token_id=tokenizer.sep_token_id)
+        ModernBertModel(config).save_pretrained(checkpoint)
+        transformer = Transformer(str(checkpoint), max_seq_length=max_length)
+        SentenceTransformer(modules=[transformer, Pooling(config.hidden_size, "mean"), Normalize()],
+                            device="cpu").save(str(layout))
+        stock = SentenceTransformer(str(layout), device="cpu")
+        ours = load_embedder(layout, device="cpu")
+
+    corpus = texts + long_texts
+    tokens = sum(len(x) for x in tokenizer(corpus, truncation=True, max_length=max_length)["input_ids"])
+    console.print(f"{len(texts)} abstracts + {len(long_texts)} long documents ({lengths} tokens), {tokens} tokens")
+    stock.encode(texts[:4])
+    ours.encode(texts[:4])
+    start = time.perf_counter()
+    ours_embeddings = ours.encode(corpus, show_progress_bar=True)
+    ours_s = time.perf_counter() - start
+    console.print(f"  ours  {ours_s:8.1f} s")
+    start = time.perf_counter()
+    stock_embeddings = np.concatenate([
+        stock.encode(texts, batch_size=batch_size, show_progress_bar=True),
+        np.stack([stock.encode(text) for text in long_texts]),
+    ])
+    stock_s = time.perf_counter() - start
+    console.print(f"  stock {stock_s:8.1f} s")
+    result = {
+        "docs": len(corpus), "tokens": tokens, "layers": num_layers, "threads": torch.get_num_threads(),
+        "ours_s": ours_s, "stock_s": stock_s,
+        "ours_docs_per_s": len(corpus) / ours_s, "stock_docs_per_s": len(corpus) / stock_s,
+        "speedup": stock_s / ours_s,
+        "max_abs_diff": float(np.abs(ours_embeddings - stock_embeddings).max()),
+    }
+    if json_output:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"embedding throughput, ModernBERT-base shape ({num_layers} layers), fp32, "
+                        f"cpu ({result['threads']} threads)")
+    table.add_column("")
+    table.add_column("load_embedder", justify="right")
+    table.add_column("stock SentenceTransformer", justify="right")
+    table.add_row("docs/s", f"{result['ours_docs_per_s']:.2f}", f"{result['stock_docs_per_s']:.2f}")
+    table.add_row("tokens/s", f"{tokens / ours_s:,.0f}", f"{tokens / stock_s:,.0f}")
+    table.add_row("wall time s", f"{ours_s:.1f}", f"{stock_s:.1f}")
+    Console().print(table)
+    Console().print(f"speedup [bold]{result['speedup']:.2f}x[/]; max |ours - stock| = {result['max_abs_diff']:.2e}")
 
 
 if __name__ == "__main__":
