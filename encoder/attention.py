@@ -142,7 +142,7 @@ class AttentionPlan:
     def _build_buckets(self, seqlens: list[int]) -> None:
         device = self.cu_seqlens.device
         starts = self.cu_seqlens[:-1].tolist()
-        order = sorted(range(len(seqlens)), key=lambda i: -seqlens[i])
+        order = sorted((i for i in range(len(seqlens)) if seqlens[i] > 0), key=lambda i: -seqlens[i])
         groups: list[list[int]] = []
         join_pairs = _BUCKET_JOIN_PAIRS.get(device.type, 0)
         for i in order:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import InputModule
@@ -115,8 +116,7 @@ class ModernBertTransformer(InputModule):
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", *, dtype: torch.dtype | None = None,
-             device: str | torch.device | None = None, max_seq_length: int | None = None,
-             **kwargs) -> ModernBertTransformer:
+             device: str | torch.device | None = None, max_seq_length: int | None = None) -> ModernBertTransformer:
         path = Path(model_name_or_path) / subfolder
         config_path = path / cls.config_file_name
         module_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -256,12 +256,13 @@ class Embedder(SentenceTransformer):
 
 
 class _progress:
-    """A rich progress bar over tokens, or nothing."""
+    """A rich progress bar over tokens on stderr, or nothing."""
 
     def __init__(self, enabled: bool, total_tokens: int):
         self.progress = Progress(
             TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
             TimeRemainingColumn(), disable=not enabled, transient=False,
+            console=Console(stderr=True),  # stdout stays free for results (e.g. --json)
         )
         self.total = total_tokens
 

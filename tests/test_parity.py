@@ -89,6 +89,17 @@ def test_packed_input_equals_one_by_one(hf_mlm_dir, backend):
     assert (packed - alone).abs().max() <= 1e-5
 
 
+def test_all_padding_row_gives_zeros(hf_base_dir):
+    model = ModernBertModel.from_pretrained(hf_base_dir)
+    input_ids, attention_mask = ragged_batch([9, 1, 30], seed=9)
+    attention_mask[1] = 0
+    with torch.no_grad():
+        out = model(input_ids, attention_mask).last_hidden_state
+        alone = model(input_ids[2:, :30]).last_hidden_state
+    assert out[1].abs().max() == 0
+    assert (out[2] - alone[0]).abs().max() <= 1e-5
+
+
 def test_masked_lm_loss_and_gradients_match_transformers(hf_mlm_dir):
     """Training relies on backward through our attention: gradients must match too."""
     reference = transformers.ModernBertForMaskedLM.from_pretrained(hf_mlm_dir, attn_implementation="sdpa")

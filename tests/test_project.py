@@ -41,3 +41,22 @@ def test_encoder_benchmark_runs_and_reports_json():
         assert r["tokens"] > 0 and r["ours_tokens_per_s"] > 0 and r["reference_tokens_per_s"] > 0
         assert r["max_abs_diff"] < 1e-3
     assert report["environment"]["matmul_gflops"] > 0
+
+
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+
+
+def test_embedder_benchmark_runs_and_reports_json():
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        import pytest
+
+        pytest.skip(f"SciFact not found at {SCIFACT}: the embedder benchmark reads its abstracts")
+    result = subprocess.run(
+        [sys.executable, "-m", "evals.bench", "embedder", "--docs", "12", "--long-docs", "1",
+         "--max-length", "600", "--num-layers", "2", "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["docs"] == 13 and report["ours_docs_per_s"] > 0 and report["stock_docs_per_s"] > 0
+    assert report["max_abs_diff"] < 1e-4
