@@ -11,52 +11,10 @@ import transformers
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 import encoder.embedder as embedder_module
 from encoder import load_embedder
-from tests.conftest import tiny_hf_config
-
-WORDS = ("alpha beta gamma delta protein cell gene virus vaccine dose trial patient result method "
-         "model data search index query document retrieval encoder token window attention long short").split()
-
-
-def make_corpus(n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 60)))) for _ in range(n)]
-
-
-def make_tokenizer(path) -> transformers.PreTrainedTokenizerFast:
-    """A byte-level BPE trained here, with ModernBERT's special tokens."""
-    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(make_corpus(300, 0) + WORDS, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=4096)
-    fast.save_pretrained(path)
-    return fast
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory):
-    """A bare ModernBERT checkpoint (random init, transformers) with its tokenizer."""
-    path = tmp_path_factory.mktemp("bare")
-    tokenizer = make_tokenizer(path)
-    torch.manual_seed(0)
-    config = tiny_hf_config(vocab_size=len(tokenizer), max_position_embeddings=4096,
-                            pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-                            sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
-                            eos_token_id=tokenizer.sep_token_id, initializer_range=0.1)
-    transformers.ModernBertModel(config).save_pretrained(path)
-    return path
-
+from tests.conftest import WORDS, make_corpus
 
 def stock_layout(checkpoint_dir, path, pooling: str, normalize: bool, prompts: dict | None):
     transformer = Transformer(str(checkpoint_dir), max_seq_length=4096)

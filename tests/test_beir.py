@@ -1,0 +1,112 @@
+"""BEIR evaluation: metrics on hand-made runs, file handling, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from evals.beir import BeirFormatError, evaluate, load_beir, reciprocal_rank_fusion, write_trec_run
+from retriever.cli import app
+from tests.conftest import make_corpus
+
+
+def test_metrics_on_a_hand_made_run():
+    qrels = {"q1": {"a": 1, "b": 1}, "q2": {"c": 2}, "q3": {"z": 1}}
+    run = {
+        "q1": {"x": 3.0, "a": 2.0, "y": 1.0},  # relevant at rank 2 of 2 relevant; b never found
+        "q2": {"c": 5.0, "d": 1.0},  # perfect
+        # q3 retrieved nothing
+    }
+    results = evaluate(qrels, run)
+    ideal_q1 = 1 + 1 / math.log2(3)
+    expected_ndcg = ((1 / math.log2(3)) / ideal_q1 + 1.0 + 0.0) / 3
+    assert results["ndcg_at_10"] == pytest.approx(expected_ndcg)
+    assert results["recall_at_100"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert results["mrr_at_10"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert results["map_at_100"] == pytest.approx((0.5 / 2 + 1 + 0) / 3)
+
+
+def test_mrr_at_10_ignores_hits_below_rank_10():
+    run = {"q": {f"d{i}": 100.0 - i for i in range(12)}}
+    assert evaluate({"q": {"d11": 1}}, run)["mrr_at_10"] == 0.0
+    assert evaluate({"q": {"d9": 1}}, run)["mrr_at_10"] == pytest.approx(0.1)
+
+
+def test_reciprocal_rank_fusion():
+    fused = reciprocal_rank_fusion([{"q": {"a": 0.9, "b": 0.5}}, {"q": {"b": 10.0, "c": 3.0}}], rrf_k=60)
+    assert fused["q"]["b"] == pytest.approx(1 / 62 + 1 / 61)
+    assert list(fused["q"]) == ["b", "a", "c"]
+
+
+def test_trec_run_file(tmp_path):
+    write_trec_run({"q1": {"a": 0.5, "b": 0.9}}, tmp_path / "run.trec", tag="t")
+    assert (tmp_path / "run.trec").read_text().splitlines() == ["q1 Q0 b 1 0.900000 t", "q1 Q0 a 2 0.500000 t"]
+
+
+def write_beir(path, docs: dict[str, str], queries: dict[str, str], qrels: list[tuple[str, str, int]]):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n"
+                                               for i, t in docs.items()))
+    (path / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries.items()))
+    (path / "qrels").mkdir(exist_ok=True)
+    (path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                             + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
+    return path
+
+
+def test_bad_folders_name_file_and_line(tmp_path):
+    folder = write_beir(tmp_path / "ok", {"d1": "x"}, {"q1": "x"}, [("q1", "d1", 1)])
+    with (folder / "corpus.jsonl").open("a") as f:
+        f.write("{not json\n")
+    with pytest.raises(BeirFormatError, match=r"corpus.jsonl:2: invalid JSON"):
+        load_beir(folder)
+    folder = write_beir(tmp_path / "dup", {"d1": "x"}, {"q1": "x"}, [("q1", "d1", 1)])
+    with (folder / "corpus.jsonl").open("a") as f:
+        f.write(json.dumps({"_id": "d1", "text": "again"}) + "\n")
+    with pytest.raises(BeirFormatError, match=r"corpus.jsonl:2: duplicate _id 'd1'"):
+        load_beir(folder)
+    folder = write_beir(tmp_path / "nosplit", {"d1": "x"}, {"q1": "x"}, [("q1", "d1", 1)])
+    with pytest.raises(BeirFormatError, match=r"qrels/dev.tsv: not found"):
+        load_beir(folder, split="dev")
+    folder = write_beir(tmp_path / "badqrels", {"d1": "x"}, {"q1": "x"}, [("q1", "d1", 1)])
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1 d1\n")
+    with pytest.raises(BeirFormatError, match=r"test.tsv:2: expected"):
+        load_beir(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_beir(tmp_path_factory):
+    """Queries are copies of documents: any sane model and BM25 rank the copied document first."""
+    texts = make_corpus(30, seed=5)
+    docs = {f"d{i}": t for i, t in enumerate(texts)}
+    queries = {f"q{i}": texts[i] for i in range(0, 30, 3) if len(texts[i].split()) > 3}
+    qrels = [(q, "d" + q[1:], 1) for q in queries]
+    return write_beir(tmp_path_factory.mktemp("beir") / "tiny", docs, queries, qrels)
+
+
+def test_eval_beir_cli_end_to_end(tiny_beir, checkpoint_dir, tmp_path):
+    result = CliRunner().invoke(app, ["eval", "beir", str(tiny_beir), "--model", str(checkpoint_dir),
+                                      "--hybrid", "--device", "cpu", "--output", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["results"]) == {"dense", "bm25", "hybrid"}
+    for metrics in report["results"].values():
+        assert set(metrics) == {"ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"}
+        assert metrics["ndcg_at_10"] == pytest.approx(1.0)
+    for key in ("model", "fingerprint", "max_length", "dtype", "date", "versions", "wall_time_s"):
+        assert key in report
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert any(name.endswith("-dense.trec") for name in written)
+    assert any(name.endswith(".md") for name in written)
+    run_lines = next(tmp_path.glob("*-hybrid.trec")).read_text().splitlines()
+    assert run_lines[0].split()[1:4] == ["Q0", run_lines[0].split()[2], "1"]
+
+
+def test_eval_beir_cli_bad_input_is_one_line(tmp_path, checkpoint_dir):
+    result = CliRunner().invoke(app, ["eval", "beir", str(tmp_path / "missing"), "--model", str(checkpoint_dir)])
+    assert result.exit_code == 2
+    assert "corpus.jsonl: not found" in result.output
+    assert "Traceback" not in result.output
