@@ -87,8 +87,11 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
 def dense_run(model, dataset: BeirDataset, k: int = 100, batch_tokens: int | None = None,
               show_progress_bar: bool = True) -> Run:
     """Exact search: every query scored against every document with the model's similarity."""
+    from encoder.embedder import Embedder
+
     doc_ids, query_ids = list(dataset.corpus), list(dataset.queries)
-    encode_kwargs = {"batch_tokens": batch_tokens} if batch_tokens else {}
+    # stock sentence-transformers models (baselines) batch by count, ours by tokens
+    encode_kwargs = {"batch_tokens": batch_tokens} if batch_tokens and isinstance(model, Embedder) else {}
     docs = model.encode_document([dataset.corpus[d] for d in doc_ids], convert_to_tensor=True,
                                  show_progress_bar=show_progress_bar, **encode_kwargs)
     queries = model.encode_query([dataset.queries[q] for q in query_ids], convert_to_tensor=True,
@@ -133,20 +136,24 @@ def reciprocal_rank_fusion(runs: list[Run], k: int = 100, rrf_k: int = RRF_K) ->
     return fused
 
 
-def evaluate(qrels: Qrels, run: Run) -> dict[str, float]:
-    """Means over the judged queries (a query with no hits scores 0) of nDCG@10, Recall@100, MRR@10, MAP@100."""
+def evaluate(qrels: Qrels, run: Run, measures: dict[str, str] | None = None) -> dict[str, float]:
+    """Means over the judged queries (a query with no hits scores 0).
+
+    By default nDCG@10, Recall@100, MAP@100 and MRR@10; `measures` maps result names to other
+    trec_eval measures instead (e.g. {"ndcg_at_1": "ndcg_cut.1"}).
+    """
     import pytrec_eval
 
     run = {qid: run.get(qid, {}) for qid in qrels}
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, set(METRICS.values()))
-    per_query = evaluator.evaluate(run)
-    top10 = {qid: dict(sorted(hits.items(), key=lambda item: -item[1])[:10]) for qid, hits in run.items()}
-    mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, set((measures or METRICS).values())).evaluate(run)
     results = {}
-    for name, measure in METRICS.items():
+    for name, measure in (measures or METRICS).items():
         key = measure.replace(".", "_")
         results[name] = float(np.mean([per_query.get(qid, {}).get(key, 0.0) for qid in qrels]))
-    results["mrr_at_10"] = float(np.mean([mrr.get(qid, {}).get("recip_rank", 0.0) for qid in qrels]))
+    if measures is None:
+        top10 = {qid: dict(sorted(hits.items(), key=lambda item: -item[1])[:10]) for qid, hits in run.items()}
+        mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+        results["mrr_at_10"] = float(np.mean([mrr.get(qid, {}).get("recip_rank", 0.0) for qid in qrels]))
     return results
 
 
@@ -157,6 +164,27 @@ def write_trec_run(run: Run, path: str | Path, tag: str) -> None:
             ranked = sorted(run[qid].items(), key=lambda item: (-item[1], item[0]))
             for rank, (doc_id, score) in enumerate(ranked, 1):
                 f.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+
+
+def open_model(name: str, device: str | None = None, max_length: int | None = None):
+    """A ModernBERT model through load_embedder; any other sentence-transformers model (a baseline
+    such as all-MiniLM-L6-v2) through stock SentenceTransformer, without remote code."""
+    from encoder import load_embedder
+    from encoder.checkpoint import CheckpointError
+
+    try:
+        return load_embedder(name, device=device, max_length=max_length)
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        if "model_type" not in str(e):
+            raise
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(name, device=device)
+    if max_length is not None:
+        model.max_seq_length = min(max_length, model.max_seq_length or max_length)
+    return model
 
 
 def model_fingerprint(model) -> str:

@@ -12,13 +12,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-app = typer.Typer(no_args_is_help=True, help="Evaluate models: BEIR folders.")
+app = typer.Typer(no_args_is_help=True, help="Evaluate models: BEIR folders, synthetic long-context tasks.")
 console = Console(stderr=True)
 
 
 @app.callback()
 def main() -> None:
-    """Evaluate models: BEIR folders."""
+    """Evaluate models: BEIR folders, synthetic long-context tasks."""
 
 
 def _versions() -> dict[str, str]:
@@ -54,16 +54,16 @@ def beir(
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """nDCG@10, Recall@100, MRR@10 and MAP@100 of a model on a BEIR folder, plus its TREC run file."""
-    from encoder import CheckpointError, load_embedder
+    from encoder import CheckpointError
     from evals.beir import (
-        BeirFormatError, bm25_run, dense_run, evaluate, load_beir, markdown_table, model_fingerprint,
+        BeirFormatError, bm25_run, dense_run, evaluate, load_beir, markdown_table, model_fingerprint, open_model,
         reciprocal_rank_fusion, write_trec_run,
     )
 
     started = time.perf_counter()
     try:
         dataset = load_beir(directory, split)
-        embedder = load_embedder(model, device=device, max_length=max_length)
+        embedder = open_model(model, device=device, max_length=max_length)
     except (BeirFormatError, CheckpointError, OSError) as e:
         typer.echo(f"error: {e}", err=True)  # one line, never wrapped
         raise typer.Exit(2) from None
@@ -86,7 +86,7 @@ def beir(
         "model": model,
         "fingerprint": model_fingerprint(embedder),
         "max_length": max_length,
-        "dtype": str(embedder[0].model.dtype).removeprefix("torch."),
+        "dtype": str(embedder.dtype).removeprefix("torch."),
         "device": str(embedder.device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
@@ -102,3 +102,66 @@ def beir(
     else:
         Console().print(table)
         console.print(f"results, table and run files in {output}/{name}*")
+
+
+@app.command()
+def longctx(
+    models: list[str] = typer.Option(..., "--model", "-m", help="Model folder or hub id; repeat to compare."),
+    lengths: str = typer.Option("256,512,1024,2048,4096,8192", help="Document lengths in tokens, comma-separated."),
+    tasks: str = typer.Option("passkey,needle", help="Tasks, comma-separated: passkey, needle."),
+    docs: int = typer.Option(50, help="Documents (and queries) per task and length."),
+    seed: int = typer.Option(0, help="Seed of the generator."),
+    batch_tokens: int = typer.Option(16384, help="Tokens per encoder batch."),
+    device: str = typer.Option(None, help="cpu or cuda. Default: cuda when available."),
+    output: Path = typer.Option(Path("eval-results"), help="Folder for longctx.json, longctx.md and longctx.png."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """LongEmbed-style passkey and needle retrieval (nDCG@1) at each length, with a plot."""
+    from encoder import CheckpointError
+    from evals.beir import dense_run, markdown_table, model_fingerprint, open_model
+    from evals.longctx import TASKS, generate, ndcg_at_1, plot
+
+    started = time.perf_counter()
+    length_list = [int(x) for x in lengths.split(",")]
+    task_list = [t.strip() for t in tasks.split(",")]
+    if unknown := set(task_list) - set(TASKS):
+        typer.echo(f"error: unknown tasks {sorted(unknown)}; choose from {list(TASKS)}", err=True)
+        raise typer.Exit(2)
+    report_models, scores = {}, {}
+    for name in models:
+        try:
+            model = open_model(name, device=device, max_length=max(length_list))
+        except (CheckpointError, OSError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        scores[name] = {}
+        for task in task_list:
+            scores[name][task] = {}
+            for length in length_list:
+                dataset = generate(task, model.tokenizer, length, num_docs=docs, seed=seed)
+                run = dense_run(model, dataset, k=10, batch_tokens=batch_tokens, show_progress_bar=False)
+                scores[name][task][length] = ndcg_at_1(dataset, run)
+                console.print(f"{name} {task} {length}: nDCG@1 {scores[name][task][length]:.3f}")
+        report_models[name] = {
+            "fingerprint": model_fingerprint(model),
+            "max_length": model.max_seq_length,
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "scores": scores[name],
+        }
+    report = {
+        "tasks": task_list, "lengths": length_list, "docs": docs, "seed": seed, "models": report_models,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(), "wall_time_s": round(time.perf_counter() - started, 2),
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "longctx.json").write_text(json.dumps(report, indent=2) + "\n")
+    rows = [{"task": task, "length": length, **{name: scores[name][task][length] for name in models}}
+            for task in task_list for length in length_list]
+    table = markdown_table(rows, ["task", "length", *models])
+    (output / "longctx.md").write_text(f"# Long-context retrieval, nDCG@1 ({docs} documents per cell)\n\n{table}")
+    plot(scores, output / "longctx.png")
+    if json_output:
+        print(json.dumps(report, indent=2))
+    else:
+        Console().print(table)
+        console.print(f"results, table and plot in {output}/longctx.*")

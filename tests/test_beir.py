@@ -110,3 +110,26 @@ def test_eval_beir_cli_bad_input_is_one_line(tmp_path, checkpoint_dir):
     assert result.exit_code == 2
     assert "corpus.jsonl: not found" in result.output
     assert "Traceback" not in result.output
+
+
+def test_non_modernbert_baselines_run_through_stock_sentence_transformers(tiny_beir, checkpoint_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from encoder.embedder import Embedder
+    from evals.beir import dense_run, evaluate, load_beir, open_model
+    import transformers
+
+    bert_dir = tmp_path / "bert"
+    transformers.AutoTokenizer.from_pretrained(checkpoint_dir).save_pretrained(bert_dir)
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    )).save_pretrained(bert_dir)
+    transformer = Transformer(str(bert_dir))
+    SentenceTransformer(modules=[transformer, Pooling(32, "mean")], device="cpu").save(str(tmp_path / "st"))
+
+    model = open_model(str(tmp_path / "st"), device="cpu", max_length=8192)
+    assert not isinstance(model, Embedder) and model.max_seq_length <= 512
+    dataset = load_beir(tiny_beir)
+    assert evaluate(dataset.qrels, dense_run(model, dataset, show_progress_bar=False))["ndcg_at_10"] == pytest.approx(1.0)
