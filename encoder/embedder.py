@@ -157,6 +157,8 @@ class Embedder(SentenceTransformer):
         device: str | None = None,
         normalize_embeddings: bool = False,
         truncate_dim: int | None = None,
+        pool: dict | None = None,
+        chunk_size: int | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         **kwargs,
     ):
@@ -165,7 +167,8 @@ class Embedder(SentenceTransformer):
         Texts are packed without padding and batched by token count (longest first), so one
         8192-token document and a thousand short queries each make sensible batches; `batch_size`
         is not used on this path. `precision="float16"` returns half-precision embeddings. Inputs
-        other than strings, and outputs other than sentence embeddings, go through the stock path.
+        other than strings, outputs other than sentence embeddings and multi-process pools go
+        through the stock path.
         """
         singular = isinstance(inputs, str)
         texts = [inputs] if singular else list(inputs)
@@ -173,13 +176,16 @@ class Embedder(SentenceTransformer):
             output_value != "sentence_embedding"
             or not all(isinstance(t, str) for t in texts)
             or set(kwargs) - {"task"}
+            or pool is not None
+            or isinstance(device, list)  # multi-process encoding
         )
         if stock_only:
             return super().encode(
                 inputs, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size,
                 show_progress_bar=show_progress_bar, output_value=output_value, precision=precision,
                 convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor, device=device,
-                normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim, **kwargs,
+                normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim, pool=pool,
+                chunk_size=chunk_size, **kwargs,
             )
         if device is not None:
             self.to(device)

@@ -12,13 +12,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-app = typer.Typer(no_args_is_help=True, help="Evaluate models: BEIR folders, synthetic long-context tasks.")
+app = typer.Typer(no_args_is_help=True, help="Evaluate models: BEIR folders, mteb tasks, synthetic long-context tasks.")
 console = Console(stderr=True)
 
 
 @app.callback()
 def main() -> None:
-    """Evaluate models: BEIR folders, synthetic long-context tasks."""
+    """Evaluate models: BEIR folders, mteb tasks, synthetic long-context tasks."""
 
 
 def _versions() -> dict[str, str]:
@@ -165,3 +165,89 @@ def longctx(
     else:
         Console().print(table)
         console.print(f"results, table and plot in {output}/longctx.*")
+
+
+@app.command("mteb")
+def mteb_command(
+    tasks: list[str] = typer.Option(..., "--tasks", "-t", help="mteb task names (e.g. LEMBPasskeyRetrieval), or "
+                                                               "SyntheticPasskeyN / SyntheticNeedleN (N tokens, "
+                                                               "generated offline). Repeat for several."),
+    model: str = typer.Option(..., "--model", "-m", help="Model folder or hub id."),
+    local: list[str] = typer.Option([], "--local", help="TASK=DIR: read that retrieval task's data from a local "
+                                                       "BEIR-layout copy instead of the hub. Repeatable."),
+    max_length: int = typer.Option(8192, help="Tokens per input, longer ones truncated."),
+    device: str = typer.Option(None, help="cpu or cuda. Default: cuda when available."),
+    output: Path = typer.Option(Path("eval-results"), help="Folder for the JSON results and Markdown table."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Runs mteb (v2) tasks on a model through mteb's encoder protocol (query/document prompts)."""
+    import mteb
+
+    from encoder import CheckpointError
+    from evals.beir import markdown_table, model_fingerprint, open_model
+    from evals.beir import BeirFormatError
+    from evals.mteb_tasks import load_local_copy, longctx_mteb_task, mteb_encoder
+
+    started = time.perf_counter()
+    try:
+        embedder = open_model(model, device=device, max_length=max_length)
+    except (CheckpointError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    task_objects = []
+    for name in tasks:
+        synthetic = re.fullmatch(r"Synthetic(Passkey|Needle)(\d+)", name)
+        if synthetic:
+            task_objects.append(longctx_mteb_task(synthetic[1].lower(), embedder.tokenizer, int(synthetic[2])))
+            continue
+        try:
+            task_objects.extend(mteb.get_tasks(tasks=[name]))
+        except KeyError:
+            typer.echo(f"error: {name}: no such mteb task", err=True)
+            raise typer.Exit(2) from None
+    local_copies = dict(item.split("=", 1) for item in local if "=" in item)
+    if bad := [item for item in local if "=" not in item]:
+        typer.echo(f"error: --local expects TASK=DIR, got {bad[0]!r}", err=True)
+        raise typer.Exit(2)
+    for task in task_objects:
+        if task.metadata.name in local_copies:
+            try:
+                load_local_copy(task, Path(local_copies[task.metadata.name]))
+            except (BeirFormatError, ValueError) as e:
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2) from None
+            continue
+        try:
+            task.load_data()
+        except Exception as e:  # offline hub, missing files: all end in the same one-line message
+            path = task.metadata.dataset.get("path")
+            typer.echo(f"error: {task.metadata.name}: its dataset {path} could not be loaded "
+                       f"(offline, or not downloaded yet): {type(e).__name__}", err=True)
+            raise typer.Exit(2) from None
+
+    result = mteb.evaluate(mteb_encoder(embedder), task_objects, cache=None, show_progress_bar=False)
+    scores = {}
+    for task_result in result.task_results:
+        split_scores = {split: entries[0] for split, entries in task_result.scores.items()}
+        scores[task_result.task_name] = {"main_score": task_result.get_score(), "splits": split_scores}
+    report = {
+        "model": model,
+        "fingerprint": model_fingerprint(embedder),
+        "max_length": max_length,
+        "dtype": str(embedder.dtype).removeprefix("torch."),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {**_versions(), "mteb": mteb.__version__},
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "results": scores,
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    name = f"mteb-{_slug(model)}"
+    (output / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    rows = [{"task": task, "main score": s["main_score"]} for task, s in scores.items()]
+    table = markdown_table(rows, ["task", "main score"])
+    (output / f"{name}.md").write_text(f"# mteb, {model}\n\n{table}")
+    if json_output:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        Console().print(table)
+        console.print(f"results and table in {output}/{name}.*")
