@@ -26,7 +26,7 @@ def _versions() -> dict[str, str]:
 
     versions = {"python": platform.python_version()}
     for package in ("modernbert-retriever", "torch", "transformers", "sentence-transformers", "bm25s",
-                    "pytrec-eval-terrier"):
+                    "pytrec-eval-terrier", "mteb"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
@@ -34,7 +34,26 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _provenance(model_name: str, model, started: float) -> dict:
+    """What every report carries about how its figures were made."""
+    from evals.beir import model_fingerprint
+
+    return {
+        "model": model_name,
+        "fingerprint": model_fingerprint(model),
+        "max_length": model.max_seq_length,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
+
+
 def _slug(text: str) -> str:
+    """A file-name-safe short name: a hub id, or the last two parts of a local path."""
+    if Path(text).exists():
+        text = "_".join(Path(text).resolve().parts[-2:])
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_")
 
 
@@ -56,7 +75,7 @@ def beir(
     """nDCG@10, Recall@100, MRR@10 and MAP@100 of a model on a BEIR folder, plus its TREC run file."""
     from encoder import CheckpointError
     from evals.beir import (
-        BeirFormatError, bm25_run, dense_run, evaluate, load_beir, markdown_table, model_fingerprint, open_model,
+        BeirFormatError, bm25_run, dense_run, evaluate, load_beir, markdown_table, open_model,
         reciprocal_rank_fusion, write_trec_run,
     )
 
@@ -83,14 +102,7 @@ def beir(
     report = {
         "dataset": str(directory),
         "split": split,
-        "model": model,
-        "fingerprint": model_fingerprint(embedder),
-        "max_length": max_length,
-        "dtype": str(embedder.dtype).removeprefix("torch."),
-        "device": str(embedder.device),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "wall_time_s": round(time.perf_counter() - started, 2),
+        **_provenance(model, embedder, started),
         "results": results,
     }
     (output / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -184,8 +196,7 @@ def mteb_command(
     import mteb
 
     from encoder import CheckpointError
-    from evals.beir import markdown_table, model_fingerprint, open_model
-    from evals.beir import BeirFormatError
+    from evals.beir import BeirFormatError, markdown_table, open_model
     from evals.mteb_tasks import load_local_copy, longctx_mteb_task, mteb_encoder
 
     started = time.perf_counter()
@@ -231,13 +242,7 @@ def mteb_command(
         split_scores = {split: entries[0] for split, entries in task_result.scores.items()}
         scores[task_result.task_name] = {"main_score": task_result.get_score(), "splits": split_scores}
     report = {
-        "model": model,
-        "fingerprint": model_fingerprint(embedder),
-        "max_length": max_length,
-        "dtype": str(embedder.dtype).removeprefix("torch."),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {**_versions(), "mteb": mteb.__version__},
-        "wall_time_s": round(time.perf_counter() - started, 2),
+        **_provenance(model, embedder, started),
         "results": scores,
     }
     output.mkdir(parents=True, exist_ok=True)
