@@ -34,7 +34,6 @@ from transformers import AutoTokenizer
 from encoder.checkpoint import CheckpointError
 from encoder.model import ModernBertModel
 
-logger = logging.getLogger(__name__)
 
 # The stock Transformer module's oldest name: every sentence-transformers release resolves it.
 STOCK_TRANSFORMER = "sentence_transformers.models.Transformer"
