@@ -6,11 +6,13 @@ import typer
 
 from evals.bench import app as bench_app
 from evals.cli import app as eval_app
+from recipes.cli import app as train_app
 from retriever import __version__
 
 app = typer.Typer(no_args_is_help=True, help="Encoder-based search built on ModernBERT.")
 app.add_typer(bench_app, name="bench", help="Speed benchmarks against the reference implementations.")
 app.add_typer(eval_app, name="eval", help="Evaluate models on retrieval benchmarks.")
+app.add_typer(train_app, name="train", help="Train models with the recipes.")
 
 
 def _print_version(value: bool) -> None:
