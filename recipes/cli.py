@@ -6,12 +6,12 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Train models: MLM pretraining (more recipes to come).")
+app = typer.Typer(no_args_is_help=True, help="Train models: MLM pretraining, context extension.")
 
 
 @app.callback()
 def main() -> None:
-    """Train models: MLM pretraining (more recipes to come)."""
+    """Train models: MLM pretraining, context extension."""
 
 
 @app.command()
@@ -40,4 +40,34 @@ def mlm(
         raise typer.Exit(2) from None
     state = trainer.train()
     typer.echo(f"trained {state.step} steps, {state.tokens_seen:,} tokens; checkpoints in "
+               f"{trainer.config.output_dir}/checkpoints")
+
+
+@app.command()
+def extend(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML or TOML file with the `mlm` keys; needs "
+                                                             "init_from, a longer max_length and global_rope_theta."),
+    resume: Path = typer.Option(None, help="A checkpoints/step-N folder to continue from."),
+) -> None:
+    """Context extension: continue MLM training at a longer length after raising the global RoPE theta."""
+    from recipes.mlm import MLMConfig, MLMTrainer
+
+    if (config is None) == (resume is None):
+        typer.echo("error: give either --config FILE or --resume CHECKPOINT", err=True)
+        raise typer.Exit(2)
+    try:
+        if resume:
+            trainer = MLMTrainer.resume(resume)
+        else:
+            run = MLMConfig.from_file(config)
+            if not run.init_from or not run.global_rope_theta:
+                raise ValueError(f"{config}: context extension needs init_from (the model to extend) and "
+                                 "global_rope_theta (e.g. 160000)")
+            trainer = MLMTrainer(run)
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    state = trainer.train()
+    typer.echo(f"extended to {trainer.config.max_length} tokens (global RoPE theta "
+               f"{trainer.model.config.global_rope_theta:g}) in {state.step} steps; checkpoints in "
                f"{trainer.config.output_dir}/checkpoints")

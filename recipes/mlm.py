@@ -1,5 +1,7 @@
 """MLM pretraining as in ModernBERT: 30% masking, greedy sequence packing, batch-size warmup,
 warmup-stable-decay learning rate, StableAdamW. Resumable; checkpoints in Hugging Face format.
+Context extension is the same training from a checkpoint at a longer `max_length` with a
+higher `global_rope_theta` (the paper: 1024 -> 8192 tokens, 10k -> 160k).
 
 files -> texts (datasets) -> "[CLS] ... [SEP]" token ids -> best-fit packs -> masked packed steps
 -> ModernBertForMaskedLM (sparse prediction) -> checkpoints/step-N/ (model + training state).
@@ -42,6 +44,8 @@ class MLMConfig:
     model: dict = _option({}, "ModernBertConfig fields for fresh weights (vocab and special ids come from the "
                               "tokenizer).")
     max_length: int = _option(1024, "Tokens per sequence; longer texts are truncated.")
+    global_rope_theta: float = _option(0.0, "RoPE theta of the global layers, set before training (context "
+                                            "extension: 160000); 0 keeps the model's.")
     pack_tokens: int = _option(4096, "Token budget of one pack.")
     batch_tokens: int = _option(16384, "Token budget of one optimizer step once batch-size warmup is over.")
     batch_start_tokens: int = _option(4096, "Token budget of the first step.")
@@ -156,6 +160,10 @@ class MLMTrainer:
                 "max_position_embeddings": max(config.max_length, 512), **config.model,
             })
             self.model = ModernBertForMaskedLM(model_config)
+        if config.global_rope_theta:
+            # context extension: RoPE tables are computed from the config at every forward pass
+            self.model.config.global_rope_theta = config.global_rope_theta
+        self.model.config.max_position_embeddings = max(self.model.config.max_position_embeddings, config.max_length)
         self.model.config.sparse_prediction = True
         self.model.train()
         self.optimizer = StableAdamW(parameter_groups(self.model, config.weight_decay), lr=config.lr,

@@ -86,3 +86,24 @@ def test_train_mlm_cli_end_to_end(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-3" / "config.json").is_file()
     result = CliRunner().invoke(app, ["train", "mlm", "--show-config"])
     assert "mask_rate = 0.3  # Share of non-special tokens predicted." in result.output
+
+
+def test_context_extension_records_length_and_theta(tokenizer, tmp_path):
+    from encoder import ModernBertConfig
+
+    base = MLMTrainer(tiny_config(tmp_path / "base", steps=2, warmup_steps=1, decay_steps=1, max_length=32),
+                      tokenizer=tokenizer, texts=make_corpus(60, 6))
+    base.train(progress=False)
+    texts = [" ".join(make_corpus(8, 7))] * 4 + make_corpus(20, 8)
+    extended = MLMTrainer(tiny_config(tmp_path / "long", steps=2, warmup_steps=1, decay_steps=1, max_length=1024,
+                                      pack_tokens=2048, batch_tokens=2048, batch_start_tokens=2048,
+                                      init_from=str(tmp_path / "base" / "checkpoints" / "step-2"),
+                                      global_rope_theta=160_000.0),
+                          tokenizer=tokenizer, texts=texts)
+    assert max(extended.lengths) > 600, "long sequences take part"
+    state = extended.train(progress=False)
+    assert all(loss == loss for loss in state.losses)  # finite
+    saved = ModernBertConfig.from_json_file(tmp_path / "long" / "checkpoints" / "step-2" / "config.json")
+    assert saved.global_rope_theta == 160_000.0 and saved.max_position_embeddings >= 1024
+    assert json.loads((tmp_path / "long" / "checkpoints" / "step-2" / "trainer_state.json").read_text())[
+        "config"]["max_length"] == 1024
