@@ -6,12 +6,12 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Train models: MLM pretraining, context extension.")
+app = typer.Typer(no_args_is_help=True, help="Train models: MLM pretraining, context extension, contrastive.")
 
 
 @app.callback()
 def main() -> None:
-    """Train models: MLM pretraining, context extension."""
+    """Train models: MLM pretraining, context extension, contrastive."""
 
 
 @app.command()
@@ -21,14 +21,10 @@ def mlm(
     show_config: bool = typer.Option(False, "--show-config", help="Print every key, its default and meaning."),
 ) -> None:
     """MLM pretraining with 30% masking, sequence packing, batch-size warmup and WSD learning rate."""
-    import dataclasses
-
     from recipes.mlm import MLMConfig, MLMTrainer
 
     if show_config:
-        for f in dataclasses.fields(MLMConfig):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            typer.echo(f"{f.name} = {default!r}  # {f.metadata['help']}")
+        typer.echo(MLMConfig.describe())
         return
     if (config is None) == (resume is None):
         typer.echo("error: give either --config FILE or --resume CHECKPOINT", err=True)
@@ -71,3 +67,26 @@ def extend(
     typer.echo(f"extended to {trainer.config.max_length} tokens (global RoPE theta "
                f"{trainer.model.config.global_rope_theta:g}) in {state.step} steps; checkpoints in "
                f"{trainer.config.output_dir}/checkpoints")
+
+
+@app.command()
+def contrastive(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML or TOML file; keys as in `--show-config`."),
+    show_config: bool = typer.Option(False, "--show-config", help="Print every key, its default and meaning."),
+) -> None:
+    """Contrastive fine-tuning with sentence-transformers' trainer: (cached) MNRL, Matryoshka, hard negatives."""
+    from recipes.contrastive import ContrastiveConfig, train_contrastive
+
+    if show_config:
+        typer.echo(ContrastiveConfig.describe())
+        return
+    if config is None:
+        typer.echo("error: give --config FILE", err=True)
+        raise typer.Exit(2)
+    try:
+        run = ContrastiveConfig.from_file(config)
+        train_contrastive(run)
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"model saved in {run.output_dir}/final")

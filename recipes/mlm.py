@@ -18,64 +18,40 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from encoder import ModernBertConfig, ModernBertForMaskedLM
+from recipes.config import RecipeConfig, option
 from recipes.masking import mask_tokens
 from recipes.packing import collate_pack, pack_best_fit, packing_efficiency
 from recipes.schedules import batch_tokens_at, wsd_learning_rate
 
 
-def _option(default, help: str):
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class MLMConfig:
-    data: list[str] = _option([], "Text sources: .txt (a line a text), .jsonl/.json/.parquet with a 'text' column, "
+class MLMConfig(RecipeConfig):
+    data: list[str] = option([], "Text sources: .txt (a line a text), .jsonl/.json/.parquet with a 'text' column, "
                                    "or folders of them.")
-    tokenizer: str = _option("", "Tokenizer folder or hub id; needs [CLS]/[SEP]/[MASK] tokens.")
-    output_dir: str = _option("runs/mlm", "Where checkpoints/step-N/ folders go.")
-    init_from: str = _option("", "Masked-LM checkpoint to continue from; empty: fresh weights from `model`.")
-    model: dict = _option({}, "ModernBertConfig fields for fresh weights (vocab and special ids come from the "
+    tokenizer: str = option("", "Tokenizer folder or hub id; needs [CLS]/[SEP]/[MASK] tokens.")
+    output_dir: str = option("runs/mlm", "Where checkpoints/step-N/ folders go.")
+    init_from: str = option("", "Masked-LM checkpoint to continue from; empty: fresh weights from `model`.")
+    model: dict = option({}, "ModernBertConfig fields for fresh weights (vocab and special ids come from the "
                               "tokenizer).")
-    max_length: int = _option(1024, "Tokens per sequence; longer texts are truncated.")
-    global_rope_theta: float = _option(0.0, "RoPE theta of the global layers, set before training (context "
+    max_length: int = option(1024, "Tokens per sequence; longer texts are truncated.")
+    global_rope_theta: float = option(0.0, "RoPE theta of the global layers, set before training (context "
                                             "extension: 160000); 0 keeps the model's.")
-    pack_tokens: int = _option(4096, "Token budget of one pack.")
-    batch_tokens: int = _option(16384, "Token budget of one optimizer step once batch-size warmup is over.")
-    batch_start_tokens: int = _option(4096, "Token budget of the first step.")
-    batch_warmup_tokens: int = _option(0, "Training tokens over which the step budget grows to batch_tokens.")
-    steps: int = _option(1000, "Optimizer steps in all.")
-    lr: float = _option(8e-4, "Peak learning rate.")
-    warmup_steps: int = _option(100, "Linear learning-rate warmup steps.")
-    decay_steps: int = _option(200, "Final steps of 1-sqrt learning-rate decay to zero.")
-    weight_decay: float = _option(1e-5, "Decoupled weight decay, not applied to norms, biases and embeddings.")
-    mask_rate: float = _option(0.3, "Share of non-special tokens predicted.")
-    save_every: int = _option(500, "Steps between checkpoints (the last step is always saved).")
-    seed: int = _option(0, "Seed for weights, data order and masking.")
-
-    @classmethod
-    def from_file(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> MLMConfig:
-        path = Path(path)
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".toml":
-            import tomllib
-
-            values = tomllib.loads(text)
-        else:
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        values.update(overrides or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        if unknown := sorted(set(values) - known):
-            raise ValueError(f"{path}: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+    pack_tokens: int = option(4096, "Token budget of one pack.")
+    batch_tokens: int = option(16384, "Token budget of one optimizer step once batch-size warmup is over.")
+    batch_start_tokens: int = option(4096, "Token budget of the first step.")
+    batch_warmup_tokens: int = option(0, "Training tokens over which the step budget grows to batch_tokens.")
+    steps: int = option(1000, "Optimizer steps in all.")
+    lr: float = option(8e-4, "Peak learning rate.")
+    warmup_steps: int = option(100, "Linear learning-rate warmup steps.")
+    decay_steps: int = option(200, "Final steps of 1-sqrt learning-rate decay to zero.")
+    weight_decay: float = option(1e-5, "Decoupled weight decay, not applied to norms, biases and embeddings.")
+    mask_rate: float = option(0.3, "Share of non-special tokens predicted.")
+    save_every: int = option(500, "Steps between checkpoints (the last step is always saved).")
+    seed: int = option(0, "Seed for weights, data order and masking.")
 
 
 def read_texts(sources: list[str]) -> list[str]:

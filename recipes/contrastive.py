@@ -1,0 +1,164 @@
+"""Contrastive fine-tuning: sentence-transformers' trainer and losses on our embedder.
+
+(query, positive[, negative]) pairs -> optional hard negatives mined with the model itself ->
+MultipleNegativesRankingLoss (or its cached, GradCache variant for large batches in small
+memory), optionally inside MatryoshkaLoss -> IR evaluation on a BEIR dev split -> the standard
+sentence-transformers layout in output_dir/final.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from recipes.config import RecipeConfig, option
+
+
+@dataclass
+class ContrastiveConfig(RecipeConfig):
+    model: str = option("", "Model to fine-tune: sentence-transformers layout or bare ModernBERT checkpoint.")
+    data: list[str] = option([], "Pairs: .jsonl(.gz) files with query/positive[/negative] fields, or BEIR folders "
+                                   "(their train qrels).")
+    output_dir: str = option("runs/contrastive", "Trainer checkpoints, and the final model in output_dir/final.")
+    loss: str = option("mnrl", "mnrl (in-batch negatives) or cached_mnrl (GradCache: large batches, small memory).")
+    mini_batch_size: int = option(16, "cached_mnrl: texts per forward/backward chunk.")
+    matryoshka_dims: list[int] = option([], "Embedding sizes trained jointly (MatryoshkaLoss); empty: off.")
+    hard_negatives: int = option(0, "Negatives mined per query from the positives, with the model itself.")
+    hard_negative_skip: int = option(3, "Top-ranked non-positive passages skipped when mining (likely unlabelled "
+                                         "positives).")
+    query_prompt: str = option("", "Prefix for queries; empty: the model's 'query' prompt, if any.")
+    document_prompt: str = option("", "Prefix for passages; empty: the model's 'document' prompt, if any.")
+    max_length: int = option(512, "Tokens per text.")
+    batch_size: int = option(32, "Pairs per step (in-batch negatives).")
+    epochs: float = option(1.0, "Passes over the pairs.")
+    max_steps: int = option(-1, "Steps in all; -1: set by epochs.")
+    lr: float = option(2e-5, "Peak learning rate (linear warmup then decay).")
+    warmup_ratio: float = option(0.05, "Share of steps spent warming the learning rate up.")
+    eval_data: str = option("", "BEIR folder for the IR evaluator; empty: no evaluation.")
+    eval_split: str = option("dev", "qrels split of eval_data.")
+    max_pairs: int = option(0, "Use at most this many pairs (0: all).")
+    seed: int = option(0, "Seed of data order and mining.")
+
+
+def read_pairs(sources: list[str], max_pairs: int = 0) -> list[dict[str, str]]:
+    """(query, positive[, negative]) dicts from JSONL files (gzip too) or BEIR folders' train qrels."""
+    import gzip
+
+    from evals.beir import load_beir
+
+    pairs: list[dict[str, str]] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            dataset = load_beir(path, "train")
+            pairs += [{"query": dataset.queries[q], "positive": dataset.corpus[d]}
+                      for q, docs in dataset.qrels.items() for d, rel in docs.items() if rel > 0]
+            continue
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line_number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    pair = {"query": row["query"], "positive": row["positive"]}
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ValueError(f"{path}:{line_number}: expected a JSON object with 'query' and 'positive'") from None
+                if row.get("negative"):
+                    pair["negative"] = row["negative"]
+                pairs.append(pair)
+    if not pairs:
+        raise ValueError(f"no pairs found in {sources}")
+    if max_pairs:
+        pairs = pairs[:max_pairs]
+    return pairs
+
+
+def mine_hard_negatives(model, pairs: list[dict[str, str]], count: int, skip: int,
+                        query_prompt: str | None, document_prompt: str | None) -> list[dict[str, str]]:
+    """Adds `negative_1..count`: passages ranked just below the top `skip` non-positives for each query."""
+    passages = sorted({p["positive"] for p in pairs})
+    documents = model.encode(passages, prompt=document_prompt, convert_to_tensor=True, normalize_embeddings=True)
+    queries = model.encode([p["query"] for p in pairs], prompt=query_prompt, convert_to_tensor=True,
+                           normalize_embeddings=True)
+    ranked = torch.topk(queries @ documents.T, min(len(passages), count + skip + 1), dim=1).indices.tolist()
+    mined = []
+    for pair, candidates in zip(pairs, ranked):
+        negatives = [passages[j] for j in candidates if passages[j] != pair["positive"]][skip:skip + count]
+        if len(negatives) == count:
+            mined.append({"query": pair["query"], "positive": pair["positive"],
+                          **{f"negative_{k + 1}": n for k, n in enumerate(negatives)}})
+    return mined
+
+
+def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | None = None):
+    """Fine-tunes config.model on the pairs; returns the trained model (also saved in output_dir/final)."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss, MatryoshkaLoss, MultipleNegativesRankingLoss,
+    )
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    from encoder import load_embedder
+    from evals.beir import load_beir
+
+    if config.loss not in ("mnrl", "cached_mnrl"):
+        raise ValueError(f"loss must be mnrl or cached_mnrl, got {config.loss!r}")
+    model = load_embedder(config.model, max_length=config.max_length)
+    query_prompt = config.query_prompt or model.prompts.get("query") or None
+    document_prompt = config.document_prompt or model.prompts.get("document") or None
+    pairs = pairs if pairs is not None else read_pairs(config.data, config.max_pairs)
+    if config.hard_negatives:
+        pairs = mine_hard_negatives(model, pairs, config.hard_negatives, config.hard_negative_skip,
+                                    query_prompt, document_prompt)
+    columns = list(pairs[0])
+    train_dataset = Dataset.from_dict({c: [p[c] for p in pairs] for c in columns})
+
+    if config.loss == "cached_mnrl":
+        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=config.mini_batch_size)
+    else:
+        loss = MultipleNegativesRankingLoss(model)
+    if config.matryoshka_dims:
+        loss = MatryoshkaLoss(model, loss, matryoshka_dims=config.matryoshka_dims)
+
+    evaluator = None
+    if config.eval_data:
+        dev = load_beir(config.eval_data, config.eval_split)
+        evaluator = InformationRetrievalEvaluator(
+            queries=dev.queries, corpus=dev.corpus,
+            relevant_docs={q: {d for d, rel in docs.items() if rel > 0} for q, docs in dev.qrels.items()},
+            name=f"{Path(config.eval_data).name}-{config.eval_split}",
+            query_prompt=query_prompt, corpus_prompt=document_prompt, show_progress_bar=False,
+        )
+    prompts = {c: (query_prompt if c == "query" else document_prompt) for c in columns}
+    args = SentenceTransformerTrainingArguments(
+        output_dir=config.output_dir,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        warmup_ratio=config.warmup_ratio,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,  # a duplicate text in a batch is a false negative
+        prompts={c: p for c, p in prompts.items() if p},
+        seed=config.seed,
+        save_strategy="no",
+        logging_steps=10,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
+                                         evaluator=evaluator)
+    trainer.train()
+    model.save(str(Path(config.output_dir) / "final"))
+    if evaluator is not None:
+        scores = evaluator(model)
+        (Path(config.output_dir) / "final" / "eval_results.json").write_text(json.dumps(scores, indent=2))
+    (Path(config.output_dir) / "final" / "training_config.json").write_text(
+        json.dumps(dataclasses.asdict(config), indent=2))
+    return model

@@ -1,0 +1,73 @@
+"""The contrastive recipe on a tiny embedder: it learns, mines negatives, and saves the stock layout."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from recipes.contrastive import ContrastiveConfig, mine_hard_negatives, read_pairs, train_contrastive
+from tests.conftest import make_corpus
+
+
+def make_pairs(n: int, seed: int) -> list[dict[str, str]]:
+    """Query: the first words of a passage; positive: the passage."""
+    return [{"query": " ".join(text.split()[:4]), "positive": text}
+            for text in make_corpus(n, seed) if len(text.split()) > 8]
+
+
+def retrieval_accuracy(model, pairs) -> float:
+    queries = model.encode([p["query"] for p in pairs], normalize_embeddings=True)
+    passages = model.encode([p["positive"] for p in pairs], normalize_embeddings=True)
+    return float(np.mean((queries @ passages.T).argmax(1) == np.arange(len(pairs))))
+
+
+def test_training_improves_retrieval_and_saves_stock_layout(checkpoint_dir, tmp_path):
+    from encoder import load_embedder
+
+    pairs = make_pairs(160, 11)
+    before = retrieval_accuracy(load_embedder(checkpoint_dir, device="cpu"), pairs)
+    config = ContrastiveConfig(model=str(checkpoint_dir), output_dir=str(tmp_path), batch_size=16, epochs=6,
+                               lr=1e-3, max_length=128)
+    model = train_contrastive(config, pairs=pairs)
+    after = retrieval_accuracy(model, pairs)
+    assert after > before + 0.1, (before, after)
+    stock = SentenceTransformer(str(tmp_path / "final"), device="cpu")
+    assert np.abs(stock.encode(pairs[0]["query"]) - model.encode(pairs[0]["query"])).max() <= 1e-4
+
+
+def test_cached_loss_with_matryoshka_and_mined_negatives_runs(checkpoint_dir, tmp_path):
+    pairs = make_pairs(60, 12)
+    config = ContrastiveConfig(model=str(checkpoint_dir), output_dir=str(tmp_path), loss="cached_mnrl",
+                               mini_batch_size=4, matryoshka_dims=[64, 32], hard_negatives=2, batch_size=8,
+                               max_steps=3, max_length=128)
+    model = train_contrastive(config, pairs=pairs)
+    assert model.encode("gene", truncate_dim=32).shape == (32,)
+
+
+def test_mined_negatives_are_other_passages(checkpoint_dir):
+    from encoder import load_embedder
+
+    pairs = make_pairs(40, 13)
+    mined = mine_hard_negatives(load_embedder(checkpoint_dir, device="cpu"), pairs, count=3, skip=1,
+                                query_prompt=None, document_prompt=None)
+    assert mined and set(mined[0]) == {"query", "positive", "negative_1", "negative_2", "negative_3"}
+    for row in mined:
+        negatives = [row[f"negative_{k}"] for k in (1, 2, 3)]
+        assert row["positive"] not in negatives and len(set(negatives)) == 3
+
+
+def test_read_pairs_from_gzip_jsonl_and_bad_lines(tmp_path):
+    path = tmp_path / "pairs.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"query": "q", "positive": "p", "negative": "n"}) + "\n")
+        f.write(json.dumps({"query": "q2", "positive": "p2"}) + "\n")
+    assert read_pairs([str(path)]) == [{"query": "q", "positive": "p", "negative": "n"},
+                                        {"query": "q2", "positive": "p2"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: expected a JSON object"):
+        read_pairs([str(bad)])
