@@ -6,12 +6,12 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Train models: MLM pretraining, context extension, contrastive.")
+app = typer.Typer(no_args_is_help=True, help="Train models: MLM pretraining, context extension, contrastive, distillation.")
 
 
 @app.callback()
 def main() -> None:
-    """Train models: MLM pretraining, context extension, contrastive."""
+    """Train models: MLM pretraining, context extension, contrastive, distillation."""
 
 
 @app.command()
@@ -86,6 +86,29 @@ def contrastive(
     try:
         run = ContrastiveConfig.from_file(config)
         train_contrastive(run)
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"model saved in {run.output_dir}/final")
+
+
+@app.command()
+def distill(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML or TOML file; keys as in `--show-config`."),
+    show_config: bool = typer.Option(False, "--show-config", help="Print every key, its default and meaning."),
+) -> None:
+    """Embedding distillation from a teacher sentence-transformers model (cached teacher embeddings)."""
+    from recipes.distill import DistillConfig, train_distill
+
+    if show_config:
+        typer.echo(DistillConfig.describe())
+        return
+    if config is None:
+        typer.echo("error: give --config FILE", err=True)
+        raise typer.Exit(2)
+    try:
+        run = DistillConfig.from_file(config)
+        train_distill(run)
     except (OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
