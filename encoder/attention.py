@@ -71,6 +71,7 @@ class GlobalBucket:
     token_slice: slice | None  # the packed rows of a lone sequence (when gather is None)
     key_mask: torch.Tensor | None  # [b, 1, 1, L] True for real keys; None when nothing is padded
     valid_rows: torch.Tensor | None  # [b * L] True for real queries; None when nothing is padded
+    valid_indices: torch.Tensor | None  # the positions of the True entries of valid_rows
     batch: int
     length: int
 
@@ -88,6 +89,7 @@ class AttentionPlan:
     block_gather: torch.Tensor | None = None  # [(NB + 2) * window] packed row per block slot, one empty block each end
     block_scatter: torch.Tensor | None = None  # [T] block slot (among the NB * window) of each packed row
     block_mask: torch.Tensor | None = None  # [NB, 1, window, 3 * window]
+    block_is_token: torch.Tensor | None = None  # [(NB + 2) * window] True where a slot holds a real token
     # sdpa, global layers
     buckets: list[GlobalBucket] | None = None
     bucket_inverse: torch.Tensor | None = None  # [T] row of concatenated bucket outputs per token
@@ -122,6 +124,7 @@ class AttentionPlan:
         self.block_gather = gather
         is_token = torch.zeros((num_blocks + 2) * w, dtype=torch.bool, device=device)
         is_token[self.block_scatter + w] = True
+        self.block_is_token = is_token
 
         valid = is_token[w:-w].view(num_blocks, w)
         seq_of_block = torch.repeat_interleave(torch.arange(len(seqlens), device=device), blocks_per_seq)
@@ -158,7 +161,7 @@ class AttentionPlan:
             length = seqlens[group[0]]
             if len(group) == 1:
                 s = starts[group[0]]
-                self.buckets.append(GlobalBucket(None, slice(s, s + length), None, None, 1, length))
+                self.buckets.append(GlobalBucket(None, slice(s, s + length), None, None, None, 1, length))
                 token_order.append(torch.arange(s, s + length, device=device))
                 continue
             lens = torch.tensor([seqlens[i] for i in group], device=device)
@@ -173,6 +176,7 @@ class AttentionPlan:
                     token_slice=None,
                     key_mask=valid[:, None, None, :] if padded else None,
                     valid_rows=valid.flatten() if padded else None,
+                    valid_indices=torch.nonzero(valid.flatten(), as_tuple=True)[0] if padded else None,
                     batch=len(group),
                     length=length,
                 )
@@ -201,22 +205,52 @@ def varlen_attention(
     return _blocked_local_attention(q, k, v, plan, dropout_p)
 
 
+class _GatherRows(torch.autograd.Function):
+    """x[index] whose backward writes each row's gradient instead of scatter-adding it.
+
+    Autograd's x[index] backward accumulates with atomic adds, which are slow in bf16 on CUDA
+    (MLM training ran at half the fp32 speed). Here every gathered slot either names a distinct
+    row or is padding whose gradient is exactly zero (masked key, dropped query), so copying the
+    real slots' gradients is exact.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(index if real is None else index[real], real)
+        ctx.num_rows = x.shape[0]
+        return x[index]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, real = ctx.saved_tensors
+        grad_x = grad.new_zeros((ctx.num_rows, *grad.shape[1:]))
+        grad_x.index_copy_(0, rows, grad if real is None else grad[real])
+        return grad_x, None, None
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """x[index]; `real` marks the slots holding distinct rows (None: all), the rest being padding."""
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        return x[index]
+    return _GatherRows.apply(x, index, real)
+
+
 def _blocked_local_attention(q, k, v, plan: AttentionPlan, dropout_p: float) -> torch.Tensor:
     heads, head_dim = q.shape[1:]
     w = plan.local_window
     num_blocks = plan.block_mask.shape[0]
-    inner = plan.block_gather[w:-w]
+    inner, inner_is_token = plan.block_gather[w:-w], plan.block_is_token[w:-w]
 
     def key_windows(x):  # [T, h, d] -> [NB, h, 3w, d]: each block's previous, own and next block
         # unfold makes overlapping windows as a view: no copy of the 3x larger key tensor
-        return x[plan.block_gather].unfold(0, 3 * w, w).permute(0, 1, 3, 2)
+        return gather_rows(x, plan.block_gather, plan.block_is_token).unfold(0, 3 * w, w).permute(0, 1, 3, 2)
 
     out = F.scaled_dot_product_attention(
-        q[inner].view(num_blocks, w, heads, head_dim).transpose(1, 2), key_windows(k), key_windows(v),
-        attn_mask=plan.block_mask, dropout_p=dropout_p,
+        gather_rows(q, inner, inner_is_token).view(num_blocks, w, heads, head_dim).transpose(1, 2),
+        key_windows(k), key_windows(v), attn_mask=plan.block_mask, dropout_p=dropout_p,
     )
     out = out.transpose(1, 2).reshape(num_blocks * w, heads, head_dim)
-    return out[plan.block_scatter]
+    return gather_rows(out, plan.block_scatter)
 
 
 def _bucketed_global_attention(q, k, v, plan: AttentionPlan, dropout_p: float) -> torch.Tensor:
@@ -226,13 +260,14 @@ def _bucketed_global_attention(q, k, v, plan: AttentionPlan, dropout_p: float) -
         if bucket.gather is None:
             qb, kb, vb = (x[bucket.token_slice][None] for x in (q, k, v))
         else:
-            qb, kb, vb = (x[bucket.gather].view(bucket.batch, bucket.length, heads, head_dim) for x in (q, k, v))
+            qb, kb, vb = (gather_rows(x, bucket.gather, bucket.valid_rows).view(bucket.batch, bucket.length, heads,
+                                                                                 head_dim) for x in (q, k, v))
         out = F.scaled_dot_product_attention(
             qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2),
             attn_mask=bucket.key_mask, dropout_p=dropout_p,
         )
         out = out.transpose(1, 2).reshape(bucket.batch * bucket.length, heads, head_dim)
-        outs.append(out if bucket.valid_rows is None else out[bucket.valid_rows])
+        outs.append(out if bucket.valid_rows is None else gather_rows(out, bucket.valid_indices))
     if len(plan.buckets) == 1 and plan.buckets[0].gather is None:
         return outs[0]  # one sequence: already in packed order
-    return torch.cat(outs)[plan.bucket_inverse]
+    return gather_rows(torch.cat(outs), plan.bucket_inverse)

@@ -1,4 +1,4 @@
-"""Benchmarks. `python -m evals.bench encoder|embedder` (also `retriever bench ...`).
+"""Benchmarks. `python -m evals.bench encoder|embedder|mlm` (also `retriever bench ...`).
 
 The encoder benchmark builds ModernBERT-base-shaped random weights once, saves them as a
 transformers checkpoint, and runs our encoder and `transformers.ModernBertModel`
@@ -416,6 +416,108 @@ def embedder(
     table.add_row("wall time s", f"{ours_s:.1f}", f"{stock_s:.1f}")
     Console().print(table)
     Console().print(f"speedup [bold]{result['speedup']:.2f}x[/]; max |ours - stock| = {result['max_abs_diff']:.2e}")
+
+
+@app.command()
+def mlm(
+    scifact: Path = typer.Option(SCIFACT, help="BEIR folder whose corpus.jsonl gives the training texts."),
+    docs: int = typer.Option(512, help="Texts to train on."),
+    num_layers: int = typer.Option(22, help="Encoder layers (ModernBERT-base shape otherwise)."),
+    step_tokens: int = typer.Option(4096, help="Token budget of a packed step; the padded baseline takes as many "
+                                               "texts per step as a packed step holds on average."),
+    steps: int = typer.Option(4, help="Timed training steps per side (after one untimed step)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option(None, help="fp32 or bf16 (autocast). Default: fp32 on CPU, bf16 on CUDA."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """MLM training tokens/s: our packed, unpadded steps vs transformers' padded batches, same data and weights.
+
+    Both sides: same texts, 30% masking, AdamW, forward + backward + step. Ours packs texts
+    best-fit into `step_tokens` and runs them with cu_seqlens (sparse prediction); the baseline is
+    transformers' ModernBertForMaskedLM (sdpa) on right-padded batches in the same shuffled order.
+    """
+    import transformers
+
+    from encoder import ModernBertConfig, ModernBertForMaskedLM
+    from recipes.masking import mask_tokens
+    from recipes.packing import collate_pack, pack_best_fit, packing_efficiency
+
+    torch_device = torch.device(device)
+    autocast_dtype = DTYPES[dtype] if dtype else (torch.bfloat16 if torch_device.type == "cuda" else torch.float32)
+    texts = read_beir_corpus(scifact, docs)
+    with tempfile.TemporaryDirectory() as tmp, console.status("building checkpoint and tokenizer"):
+        tokenizer = train_tokenizer(texts, Path(tmp) / "tok")
+        sequences = tokenizer(texts, truncation=True, max_length=1024)["input_ids"]
+        torch.manual_seed(0)
+        config = ModernBertConfig(num_hidden_layers=num_layers, vocab_size=(len(tokenizer) + 63) // 64 * 64,
+                                  pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+                                  sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                                  eos_token_id=tokenizer.sep_token_id, sparse_prediction=True)
+        ModernBertForMaskedLM(config).save_pretrained(Path(tmp) / "model")
+        ours = ModernBertForMaskedLM.from_pretrained(Path(tmp) / "model", device=torch_device, dtype=torch.float32)
+        reference = transformers.ModernBertForMaskedLM.from_pretrained(
+            Path(tmp) / "model", attn_implementation="sdpa").to(torch_device)
+    lengths = [len(s) for s in sequences]
+    packs = pack_best_fit(lengths, step_tokens)
+    per_batch = max(1, round(len(sequences) / len(packs)))
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(sequences)).tolist()
+    padded_batches = [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
+    generator = torch.Generator().manual_seed(0)
+
+    def masked(ids: torch.Tensor):
+        return mask_tokens(ids, mask_token_id=tokenizer.mask_token_id, special_token_ids=tokenizer.all_special_ids,
+                           vocab_size=len(tokenizer), generator=generator)
+
+    def run(model, batches, step_fn) -> tuple[float, int]:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model.train()
+        tokens, elapsed = 0, 0.0
+        for i, batch in enumerate(batches[: steps + 1]):
+            _sync(torch_device)
+            start = time.perf_counter()
+            with torch.autocast(torch_device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32):
+                loss = step_fn(model, batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            _sync(torch_device)
+            if i:  # the first step warms up kernels and allocators
+                elapsed += time.perf_counter() - start
+                tokens += sum(lengths[j] for j in batch)
+        return elapsed, tokens
+
+    def packed_step(model, batch):
+        ids, cu_seqlens = collate_pack(sequences, batch)
+        masked_ids, labels = masked(ids)
+        return model(masked_ids.to(torch_device), cu_seqlens=cu_seqlens.to(torch_device),
+                     labels=labels.to(torch_device)).loss
+
+    def padded_step(model, batch):
+        padded = tokenizer.pad({"input_ids": [sequences[j] for j in batch]}, return_tensors="pt")
+        masked_ids, labels = masked(padded["input_ids"])
+        labels[padded["attention_mask"] == 0] = -100
+        return model(input_ids=masked_ids.to(torch_device), attention_mask=padded["attention_mask"].to(torch_device),
+                     labels=labels.to(torch_device)).loss
+
+    console.print(f"{len(sequences)} texts, packing efficiency {packing_efficiency(lengths, packs, step_tokens):.1%}, "
+                  f"{per_batch} texts per padded batch")
+    with console.status("ours: packed steps"):
+        ours_s, ours_tokens = run(ours, packs, packed_step)
+    with console.status("transformers: padded batches"):
+        ref_s, ref_tokens = run(reference, padded_batches, padded_step)
+    result = {
+        "device": device, "dtype": str(autocast_dtype).removeprefix("torch."), "layers": num_layers,
+        "steps": steps, "ours_tokens_per_s": ours_tokens / ours_s, "padded_tokens_per_s": ref_tokens / ref_s,
+        "speedup": (ours_tokens / ours_s) / (ref_tokens / ref_s),
+        "packing_efficiency": packing_efficiency(lengths, packs, step_tokens),
+    }
+    if json_output:
+        print(json.dumps(result, indent=2))
+        return
+    Console().print(f"MLM training, ModernBERT-base shape ({num_layers} layers), {result['dtype']}, {device}: "
+                    f"packed+unpadded {result['ours_tokens_per_s']:,.0f} tokens/s vs padded "
+                    f"{result['padded_tokens_per_s']:,.0f} tokens/s = [bold]{result['speedup']:.2f}x[/]")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from recipes.schedules import batch_tokens_at, wsd_learning_rate
 @dataclass
 class MLMConfig(RecipeConfig):
     data: list[str] = option([], "Text sources: .txt (a line a text), .jsonl/.json/.parquet with a 'text' column, "
-                                   "or folders of them.")
+                                  "folders of them, or hub datasets (owner/name) when online.")
     tokenizer: str = option("", "Tokenizer folder or hub id; needs [CLS]/[SEP]/[MASK] tokens.")
     output_dir: str = option("runs/mlm", "Where checkpoints/step-N/ folders go.")
     init_from: str = option("", "Masked-LM checkpoint to continue from; empty: fresh weights from `model`.")
@@ -55,29 +55,36 @@ class MLMConfig(RecipeConfig):
 
 
 def read_texts(sources: list[str]) -> list[str]:
-    """Texts of local files through `datasets` (text, json, parquet builders)."""
+    """Texts of local files through `datasets` (text, json, parquet builders), or of hub datasets
+    named `owner/name` (their train split's 'text' column) when online."""
     from datasets import load_dataset
 
     files: dict[str, list[str]] = {"text": [], "json": [], "parquet": []}
     builder_of = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+    texts: list[str] = []
     for source in sources:
         path = Path(source)
         if not path.exists():
-            raise FileNotFoundError(f"{source}: no such file or folder")
+            if source.startswith((".", "/", "~")) or source.count("/") != 1:
+                raise FileNotFoundError(f"{source}: no such file or folder")
+            texts.extend(_texts_of(load_dataset(source, split="train"), source))  # a hub dataset, when online
+            continue
         for candidate in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
             suffix = Path(candidate.name.removesuffix(".gz")).suffix  # datasets reads .gz itself
             if suffix in builder_of:
                 files[builder_of[suffix]].append(str(candidate))
-    texts: list[str] = []
     for builder, paths in files.items():
         if paths:
-            dataset = load_dataset(builder, data_files=paths, split="train")
-            if "text" not in dataset.column_names:
-                raise ValueError(f"{paths[0]}: no 'text' column (columns: {dataset.column_names})")
-            texts.extend(t for t in dataset["text"] if t and t.strip())
+            texts.extend(_texts_of(load_dataset(builder, data_files=paths, split="train"), paths[0]))
     if not texts:
         raise ValueError(f"no texts found in {sources}")
     return texts
+
+
+def _texts_of(dataset, source: str) -> list[str]:
+    if "text" not in dataset.column_names:
+        raise ValueError(f"{source}: no 'text' column (columns: {dataset.column_names})")
+    return [t for t in dataset["text"] if t and t.strip()]
 
 
 @dataclass

@@ -71,3 +71,20 @@ def test_read_pairs_from_gzip_jsonl_and_bad_lines(tmp_path):
     bad.write_text(json.dumps({"query": "q"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: expected a JSON object"):
         read_pairs([str(bad)])
+
+
+def test_beir_training_data_and_dev_evaluation(checkpoint_dir, tmp_path):
+    from tests.test_beir import write_beir
+
+    texts = [t for t in make_corpus(60, 14) if len(t.split()) > 8]
+    docs = {f"d{i}": t for i, t in enumerate(texts)}
+    queries = {f"q{i}": " ".join(t.split()[:4]) for i, t in enumerate(texts)}
+    folder = write_beir(tmp_path / "beir", docs, queries, [(f"q{i}", f"d{i}", 1) for i in range(len(texts))])
+    (folder / "qrels" / "train.tsv").write_text((folder / "qrels" / "test.tsv").read_text())
+    (folder / "qrels" / "dev.tsv").write_text((folder / "qrels" / "test.tsv").read_text())
+    assert len(read_pairs([str(folder)])) == len(texts)
+    config = ContrastiveConfig(model=str(checkpoint_dir), data=[str(folder)], eval_data=str(folder),
+                               output_dir=str(tmp_path / "run"), batch_size=8, max_steps=4, max_length=128)
+    train_contrastive(config)
+    scores = json.loads((tmp_path / "run" / "final" / "eval_results.json").read_text())
+    assert any(key.endswith("ndcg@10") for key in scores)
