@@ -69,6 +69,23 @@ def extend(
                f"{trainer.config.output_dir}/checkpoints")
 
 
+def _run_sentence_transformers_recipe(config_class, train, config: Path | None, show_config: bool) -> None:
+    """Shared by the recipes that end in a sentence-transformers model in output_dir/final."""
+    if show_config:
+        typer.echo(config_class.describe())
+        return
+    if config is None:
+        typer.echo("error: give --config FILE", err=True)
+        raise typer.Exit(2)
+    try:
+        run = config_class.from_file(config)
+        train(run)
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"model saved in {run.output_dir}/final")
+
+
 @app.command()
 def contrastive(
     config: Path = typer.Option(None, "--config", "-c", help="YAML or TOML file; keys as in `--show-config`."),
@@ -77,19 +94,7 @@ def contrastive(
     """Contrastive fine-tuning with sentence-transformers' trainer: (cached) MNRL, Matryoshka, hard negatives."""
     from recipes.contrastive import ContrastiveConfig, train_contrastive
 
-    if show_config:
-        typer.echo(ContrastiveConfig.describe())
-        return
-    if config is None:
-        typer.echo("error: give --config FILE", err=True)
-        raise typer.Exit(2)
-    try:
-        run = ContrastiveConfig.from_file(config)
-        train_contrastive(run)
-    except (OSError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"model saved in {run.output_dir}/final")
+    _run_sentence_transformers_recipe(ContrastiveConfig, train_contrastive, config, show_config)
 
 
 @app.command()
@@ -100,16 +105,4 @@ def distill(
     """Embedding distillation from a teacher sentence-transformers model (cached teacher embeddings)."""
     from recipes.distill import DistillConfig, train_distill
 
-    if show_config:
-        typer.echo(DistillConfig.describe())
-        return
-    if config is None:
-        typer.echo("error: give --config FILE", err=True)
-        raise typer.Exit(2)
-    try:
-        run = DistillConfig.from_file(config)
-        train_distill(run)
-    except (OSError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"model saved in {run.output_dir}/final")
+    _run_sentence_transformers_recipe(DistillConfig, train_distill, config, show_config)

@@ -88,3 +88,19 @@ def test_beir_training_data_and_dev_evaluation(checkpoint_dir, tmp_path):
     train_contrastive(config)
     scores = json.loads((tmp_path / "run" / "final" / "eval_results.json").read_text())
     assert any(key.endswith("ndcg@10") for key in scores)
+
+
+def test_train_contrastive_cli(checkpoint_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from retriever.cli import app
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(40, 15)))
+    (tmp_path / "run.toml").write_text(f'model = "{checkpoint_dir}"\ndata = ["{pairs}"]\n'
+                                       f'output_dir = "{tmp_path / "run"}"\nbatch_size = 8\nmax_steps = 2\n')
+    result = CliRunner().invoke(app, ["train", "contrastive", "--config", str(tmp_path / "run.toml")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "final" / "modules.json").is_file()
+    result = CliRunner().invoke(app, ["train", "distill", "--config", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "missing.yaml" in result.output
