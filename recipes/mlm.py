@@ -220,7 +220,8 @@ class MLMTrainer:
     def resume(cls, directory: str | Path, tokenizer=None, texts: list[str] | None = None) -> MLMTrainer:
         directory = Path(directory)
         saved = json.loads((directory / "trainer_state.json").read_text())
-        config = MLMConfig(**{**saved["config"], "init_from": str(directory)})
+        # the checkpoint holds the weights and the tokenizer to continue with
+        config = MLMConfig(**{**saved["config"], "init_from": str(directory), "tokenizer": str(directory)})
         trainer = cls(config, tokenizer=tokenizer, texts=texts)
         extra = torch.load(directory / "optimizer.pt", weights_only=True)
         trainer.optimizer.load_state_dict(extra["optimizer"])
