@@ -5,7 +5,6 @@ from encoder.config import ModernBertConfig
 from encoder.model import MaskedLMOutput, ModernBertForMaskedLM, ModernBertModel, ModernBertOutput
 
 
-
 def __getattr__(name: str):
     # sentence-transformers is heavy to import: load the embedder only when it is asked for
     if name == "load_embedder":

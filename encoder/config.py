@@ -144,6 +144,20 @@ class ModernBertConfig:
         return cls(**kwargs, extra=extra)
 
     @classmethod
+    def for_tokenizer(cls, tokenizer, **fields: Any) -> ModernBertConfig:
+        """Fresh-model config matching a tokenizer: its special-token ids, and its vocabulary
+        rounded up to a multiple of 64 (as ModernBERT's, for matmul efficiency)."""
+        return cls(**{
+            "vocab_size": (len(tokenizer) + 63) // 64 * 64,
+            "pad_token_id": tokenizer.pad_token_id,
+            "cls_token_id": tokenizer.cls_token_id,
+            "sep_token_id": tokenizer.sep_token_id,
+            "bos_token_id": tokenizer.cls_token_id,
+            "eos_token_id": tokenizer.sep_token_id,
+            **fields,
+        })
+
+    @classmethod
     def from_json_file(cls, path: str | Path) -> ModernBertConfig:
         path = Path(path)
         try:

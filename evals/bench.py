@@ -372,10 +372,7 @@ def embedder(
         lengths = np.linspace(max_length, max_length / long_docs, long_docs).round().astype(int).tolist()
         long_texts = long_documents(texts, tokenizer, lengths)
         torch.manual_seed(0)
-        config = ModernBertConfig(num_hidden_layers=num_layers, vocab_size=len(tokenizer),
-                                  pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-                                  sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
-                                  eos_token_id=tokenizer.sep_token_id)
+        config = ModernBertConfig.for_tokenizer(tokenizer, num_hidden_layers=num_layers)
         ModernBertModel(config).save_pretrained(checkpoint)
         transformer = Transformer(str(checkpoint), max_seq_length=max_length)
         SentenceTransformer(modules=[transformer, Pooling(config.hidden_size, "mean"), Normalize()],
@@ -449,10 +446,7 @@ def mlm(
         tokenizer = train_tokenizer(texts, Path(tmp) / "tok")
         sequences = tokenizer(texts, truncation=True, max_length=1024)["input_ids"]
         torch.manual_seed(0)
-        config = ModernBertConfig(num_hidden_layers=num_layers, vocab_size=(len(tokenizer) + 63) // 64 * 64,
-                                  pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-                                  sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
-                                  eos_token_id=tokenizer.sep_token_id, sparse_prediction=True)
+        config = ModernBertConfig.for_tokenizer(tokenizer, num_hidden_layers=num_layers, sparse_prediction=True)
         ModernBertForMaskedLM(config).save_pretrained(Path(tmp) / "model")
         ours = ModernBertForMaskedLM.from_pretrained(Path(tmp) / "model", device=torch_device, dtype=torch.float32)
         reference = transformers.ModernBertForMaskedLM.from_pretrained(

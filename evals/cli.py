@@ -34,16 +34,32 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _provenance(model_name: str, model, started: float) -> dict:
-    """What every report carries about how its figures were made."""
+def _open_model(name: str, device: str | None, max_length: int):
+    """The model, or one error line and exit status 2."""
+    from encoder import CheckpointError
+    from evals.beir import open_model
+
+    try:
+        return open_model(name, device=device, max_length=max_length)
+    except (CheckpointError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _model_facts(model) -> dict:
+    """Which weights ran, and how: fingerprint, max length, dtype, device."""
     from evals.beir import model_fingerprint
 
     return {
-        "model": model_name,
         "fingerprint": model_fingerprint(model),
         "max_length": model.max_seq_length,
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
+    }
+
+
+def _run_facts(started: float) -> dict:
+    return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "wall_time_s": round(time.perf_counter() - started, 2),
@@ -73,19 +89,18 @@ def beir(
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """nDCG@10, Recall@100, MRR@10 and MAP@100 of a model on a BEIR folder, plus its TREC run file."""
-    from encoder import CheckpointError
     from evals.beir import (
-        BeirFormatError, bm25_run, dense_run, evaluate, load_beir, markdown_table, open_model,
-        reciprocal_rank_fusion, write_trec_run,
+        BeirFormatError, bm25_run, dense_run, evaluate, load_beir, markdown_table, reciprocal_rank_fusion,
+        write_trec_run,
     )
 
     started = time.perf_counter()
     try:
         dataset = load_beir(directory, split)
-        embedder = open_model(model, device=device, max_length=max_length)
-    except (BeirFormatError, CheckpointError, OSError) as e:
+    except (BeirFormatError, OSError) as e:
         typer.echo(f"error: {e}", err=True)  # one line, never wrapped
         raise typer.Exit(2) from None
+    embedder = _open_model(model, device, max_length)
     console.print(f"{directory}: {len(dataset.corpus)} documents, {len(dataset.queries)} {split} queries")
 
     runs = {"dense": dense_run(embedder, dataset, k=k, batch_tokens=batch_tokens)}
@@ -102,7 +117,9 @@ def beir(
     report = {
         "dataset": str(directory),
         "split": split,
-        **_provenance(model, embedder, started),
+        "model": model,
+        **_model_facts(embedder),
+        **_run_facts(started),
         "results": results,
     }
     (output / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -129,8 +146,7 @@ def longctx(
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """LongEmbed-style passkey and needle retrieval (nDCG@1) at each length, with a plot."""
-    from encoder import CheckpointError
-    from evals.beir import dense_run, markdown_table, model_fingerprint, open_model
+    from evals.beir import dense_run, markdown_table
     from evals.longctx import TASKS, generate, ndcg_at_1, plot
 
     started = time.perf_counter()
@@ -141,11 +157,7 @@ def longctx(
         raise typer.Exit(2)
     report_models, scores = {}, {}
     for name in models:
-        try:
-            model = open_model(name, device=device, max_length=max(length_list))
-        except (CheckpointError, OSError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+        model = _open_model(name, device, max(length_list))
         scores[name] = {}
         for task in task_list:
             scores[name][task] = {}
@@ -154,16 +166,10 @@ def longctx(
                 run = dense_run(model, dataset, k=10, batch_tokens=batch_tokens, show_progress_bar=False)
                 scores[name][task][length] = ndcg_at_1(dataset, run)
                 console.print(f"{name} {task} {length}: nDCG@1 {scores[name][task][length]:.3f}")
-        report_models[name] = {
-            "fingerprint": model_fingerprint(model),
-            "max_length": model.max_seq_length,
-            "dtype": str(model.dtype).removeprefix("torch."),
-            "scores": scores[name],
-        }
+        report_models[name] = {**_model_facts(model), "scores": scores[name]}
     report = {
         "tasks": task_list, "lengths": length_list, "docs": docs, "seed": seed, "models": report_models,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(), "wall_time_s": round(time.perf_counter() - started, 2),
+        **_run_facts(started),
     }
     output.mkdir(parents=True, exist_ok=True)
     (output / "longctx.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -195,16 +201,11 @@ def mteb_command(
     """Runs mteb (v2) tasks on a model through mteb's encoder protocol (query/document prompts)."""
     import mteb
 
-    from encoder import CheckpointError
-    from evals.beir import BeirFormatError, markdown_table, open_model
+    from evals.beir import BeirFormatError, markdown_table
     from evals.mteb_tasks import load_local_copy, longctx_mteb_task, mteb_encoder
 
     started = time.perf_counter()
-    try:
-        embedder = open_model(model, device=device, max_length=max_length)
-    except (CheckpointError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    embedder = _open_model(model, device, max_length)
     task_objects = []
     for name in tasks:
         synthetic = re.fullmatch(r"Synthetic(Passkey|Needle)(\d+)", name)
@@ -241,10 +242,7 @@ def mteb_command(
     for task_result in result.task_results:
         split_scores = {split: entries[0] for split, entries in task_result.scores.items()}
         scores[task_result.task_name] = {"main_score": task_result.get_score(), "splits": split_scores}
-    report = {
-        **_provenance(model, embedder, started),
-        "results": scores,
-    }
+    report = {"model": model, **_model_facts(embedder), **_run_facts(started), "results": scores}
     output.mkdir(parents=True, exist_ok=True)
     name = f"mteb-{_slug(model)}"
     (output / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -43,3 +43,27 @@ class RecipeConfig:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"{f.name} = {default!r}  # {f.metadata['help']}")
         return "\n".join(lines)
+
+
+def trainer_arguments(config, **extra):
+    """sentence-transformers' training arguments from a recipe's shared keys (output_dir, epochs,
+    max_steps, batch_size, lr, warmup_ratio, seed); the recipe saves the final model itself."""
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    return SentenceTransformerTrainingArguments(
+        output_dir=config.output_dir, num_train_epochs=config.epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.lr, warmup_ratio=config.warmup_ratio,
+        seed=config.seed, save_strategy="no", logging_steps=10, report_to="none",
+        use_cpu=not torch.cuda.is_available(), **extra,
+    )
+
+
+def save_final(model, config) -> Path:
+    """The trained model in output_dir/final (standard layout), with the config that made it."""
+    import json
+
+    final = Path(config.output_dir) / "final"
+    model.save(str(final))
+    (final / "training_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    return final

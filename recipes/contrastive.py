@@ -8,14 +8,13 @@ sentence-transformers layout in output_dir/final.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from recipes.config import RecipeConfig, option
+from recipes.config import RecipeConfig, option, save_final, trainer_arguments
 
 
 @dataclass
@@ -98,7 +97,7 @@ def mine_hard_negatives(model, pairs: list[dict[str, str]], count: int, skip: in
 def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | None = None):
     """Fine-tunes config.model on the pairs; returns the trained model (also saved in output_dir/final)."""
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.sentence_transformer.losses import (
         CachedMultipleNegativesRankingLoss, MatryoshkaLoss, MultipleNegativesRankingLoss,
@@ -137,28 +136,15 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
             query_prompt=query_prompt, corpus_prompt=document_prompt, show_progress_bar=False,
         )
     prompts = {c: (query_prompt if c == "query" else document_prompt) for c in columns}
-    args = SentenceTransformerTrainingArguments(
-        output_dir=config.output_dir,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=config.lr,
-        warmup_ratio=config.warmup_ratio,
+    args = trainer_arguments(
+        config,
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # a duplicate text in a batch is a false negative
         prompts={c: p for c, p in prompts.items() if p},
-        seed=config.seed,
-        save_strategy="no",
-        logging_steps=10,
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
                                          evaluator=evaluator)
     trainer.train()
-    model.save(str(Path(config.output_dir) / "final"))
+    final = save_final(model, config)
     if evaluator is not None:
-        scores = evaluator(model)
-        (Path(config.output_dir) / "final" / "eval_results.json").write_text(json.dumps(scores, indent=2))
-    (Path(config.output_dir) / "final" / "training_config.json").write_text(
-        json.dumps(dataclasses.asdict(config), indent=2))
+        (final / "eval_results.json").write_text(json.dumps(evaluator(model), indent=2))
     return model

@@ -8,9 +8,7 @@ student's, MSE goes through a stock Dense projection appended to the student.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from recipes.config import RecipeConfig, option
+from recipes.config import RecipeConfig, option, save_final, trainer_arguments
 
 
 @dataclass
@@ -83,7 +81,7 @@ class DistillLoss(nn.Module):
 def train_distill(config: DistillConfig, texts: list[str] | None = None):
     """Distils config.teacher into config.student; returns the student (also saved in output_dir/final)."""
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.base.modules import Dense
 
     from encoder import load_embedder
@@ -105,15 +103,7 @@ def train_distill(config: DistillConfig, texts: list[str] | None = None):
         student.append(Dense(student.get_embedding_dimension(), targets.shape[1],
                              activation_function=nn.Identity()).to(student.device))
     dataset = Dataset.from_dict({"text": texts, "label": targets.tolist()})
-    args = SentenceTransformerTrainingArguments(
-        output_dir=config.output_dir, num_train_epochs=config.epochs, max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.lr, warmup_ratio=config.warmup_ratio,
-        seed=config.seed, save_strategy="no", logging_steps=10, report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-    )
     loss = DistillLoss(student, mse=use_mse, similarity=config.loss in ("similarity", "both"))
-    SentenceTransformerTrainer(model=student, args=args, train_dataset=dataset, loss=loss).train()
-    final = Path(config.output_dir) / "final"
-    student.save(str(final))
-    (final / "training_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    SentenceTransformerTrainer(model=student, args=trainer_arguments(config), train_dataset=dataset, loss=loss).train()
+    save_final(student, config)
     return student

@@ -135,13 +135,8 @@ class MLMTrainer:
         if config.init_from:
             self.model = ModernBertForMaskedLM.from_pretrained(config.init_from)
         else:
-            tok = self.tokenizer
-            model_config = ModernBertConfig(**{
-                "vocab_size": (len(tok) + 63) // 64 * 64, "pad_token_id": tok.pad_token_id,
-                "cls_token_id": tok.cls_token_id, "sep_token_id": tok.sep_token_id,
-                "bos_token_id": tok.cls_token_id, "eos_token_id": tok.sep_token_id,
-                "max_position_embeddings": max(config.max_length, 512), **config.model,
-            })
+            model_config = ModernBertConfig.for_tokenizer(
+                self.tokenizer, **{"max_position_embeddings": max(config.max_length, 512), **config.model})
             self.model = ModernBertForMaskedLM(model_config)
         if config.global_rope_theta:
             # context extension: RoPE tables are computed from the config at every forward pass
