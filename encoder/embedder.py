@@ -32,19 +32,9 @@ from sentence_transformers.util import quantize_embeddings
 from transformers import AutoTokenizer
 
 from encoder.checkpoint import CheckpointError
+from encoder.layout import (DEFAULT_BATCH_TOKENS, KNOWN_PROMPTS, STOCK_TRANSFORMER, resolve_embedder_dir,
+                            token_budget_batches)
 from encoder.model import ModernBertModel
-
-
-# The stock Transformer module's oldest name: every sentence-transformers release resolves it.
-STOCK_TRANSFORMER = "sentence_transformers.models.Transformer"
-# Prompts of known models whose config_sentence_transformers.json does not carry them.
-KNOWN_PROMPTS = {
-    "nomic-ai/modernbert-embed-base": {"query": "search_query: ", "document": "search_document: "},
-    "lightonai/modernbert-embed-large": {"query": "search_query: ", "document": "search_document: "},
-}
-DEFAULT_BATCH_TOKENS = 16384
-# What the hub download of an embedder needs: configs, safetensors weights, tokenizer files.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*/*.json", "*/*.safetensors"]
 
 
 class ModernBertTransformer(InputModule):
@@ -225,15 +215,7 @@ class Embedder(SentenceTransformer):
         self.eval()
         ids = transformer.tokenize_texts(texts, prompt)
         lengths = np.array([len(x) for x in ids])
-        order = np.argsort(-lengths, kind="stable")
-        batches, current, current_tokens = [], [], 0
-        for i in order:
-            if current and current_tokens + lengths[i] > batch_tokens:
-                batches.append(current)
-                current, current_tokens = [], 0
-            current.append(i)
-            current_tokens += lengths[i]
-        batches.append(current)
+        batches = token_budget_batches(lengths, batch_tokens)
 
         device = transformer.model.device
         prompt_length = transformer.prompt_length(prompt) if prompt else None
@@ -277,23 +259,6 @@ class _progress:
 
     def __exit__(self, *exc):
         self.progress.stop()
-
-
-def resolve_embedder_dir(name_or_path: str | Path, revision: str | None = None) -> Path:
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    name = str(name_or_path)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise CheckpointError(f"{name}: no such model folder")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=_HUB_PATTERNS))
-    except Exception as e:  # network, auth, unknown repo: one message for the caller
-        raise CheckpointError(
-            f"{name}: not a local folder, and fetching it from the Hugging Face hub failed ({type(e).__name__}: {e})"
-        ) from None
 
 
 def _stock_module_class(class_ref: str, source: Path):

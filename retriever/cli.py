@@ -1,6 +1,11 @@
-"""The `retriever` command."""
+"""The `retriever` command: index, search, info, remove; and bench, eval, train."""
 
 from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
 
 import typer
 
@@ -13,6 +18,10 @@ app = typer.Typer(no_args_is_help=True, help="Encoder-based search built on Mode
 app.add_typer(bench_app, name="bench", help="Speed benchmarks against the reference implementations.")
 app.add_typer(eval_app, name="eval", help="Evaluate models on retrieval benchmarks.")
 app.add_typer(train_app, name="train", help="Train models with the recipes.")
+
+INDEX_HELP = "Index folder (default ./.retriever; or set RETRIEVER_INDEX)."
+SNIPPET_CHARS = 240
+SHOWN_PROBLEMS = 20
 
 
 def _print_version(value: bool) -> None:
@@ -27,3 +36,277 @@ def main(
                                  help="Print the version and exit."),
 ) -> None:
     """Encoder-based search built on ModernBERT."""
+
+
+def _fail(message: str, code: int = 2):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _errors():
+    """The exceptions that are the user's input, not our bug: one line each, no traceback."""
+    from encoder.checkpoint import CheckpointError
+    from retriever.documents import CorpusError
+    from retriever.index import RetrieverError
+    from retriever.vectors import VectorIndexError
+
+    return (RetrieverError, CorpusError, CheckpointError, VectorIndexError, ValueError, OSError)
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@app.command()
+def index(
+    paths: list[Path] = typer.Argument(..., help="Folders (read recursively) or files: .txt .md .rst .html, and "
+                                                 ".jsonl .json .csv .parquet with _id/id, title, text columns "
+                                                 "(a BEIR folder's corpus.jsonl included)."),
+    index_dir: Path = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", help=INDEX_HELP),
+    model: str = typer.Option(None, "--model", "-m", help="Embedding model: a folder or hub id in the "
+                              "sentence-transformers layout. Default: the model shipped with the toolkit. "
+                              "Fixed when the index is created."),
+    max_length: int = typer.Option(None, help="Tokens per input (default: the model's, 8192 for ModernBERT). "
+                                              "Longer documents are split. Fixed at creation."),
+    chunking: str = typer.Option(None, help="window: documents longer than --max-length are split into "
+                                            "overlapping windows, each embedded alone. late: late chunking, "
+                                            "passages of --passage-tokens pooled from one long forward pass "
+                                            "(they keep the document's context). Default window; fixed at creation."),
+    overlap: int = typer.Option(None, help="window chunking: tokens shared by neighbouring windows (default 256)."),
+    passage_tokens: int = typer.Option(None, help="late chunking: tokens per passage vector (default 256)."),
+    index_type: str = typer.Option(None, help="flat (exact), hnsw (approximate, fast at millions) or ivfpq "
+                                              "(compressed, needs 9,984+ chunks at creation). Default flat; "
+                                              "fixed at creation."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cpu)."),
+    batch_tokens: int = typer.Option(16384, help="Tokens per encoder batch."),
+    wait: float = typer.Option(0, help="Seconds to wait for another writer of the same index before failing."),
+) -> None:
+    """Index documents, or bring an index up to date with them: new and changed documents are
+    embedded, documents of these paths that are gone are removed, unchanged ones are kept."""
+    from retriever.documents import read_corpus
+    from retriever.embedding import Chunking
+    from retriever.index import DEFAULT_INDEX_DIR, MANIFEST, IndexManifest, Retriever
+
+    index_dir = index_dir or DEFAULT_INDEX_DIR
+    console = _stderr()
+    try:
+        with console.status("reading documents"):
+            corpus = read_corpus(paths)
+        _report_problems(corpus.problems, console)
+        if (index_dir / MANIFEST).is_file():
+            manifest = IndexManifest.read(index_dir)
+            _check_fixed_options(manifest, index_dir, max_length=max_length, index_type=index_type,
+                                 chunking=chunking, overlap=overlap, passage_tokens=passage_tokens)
+            retriever = Retriever.open(index_dir, model, device=device, batch_tokens=batch_tokens)
+        else:
+            if not corpus.documents:
+                _fail(f"no documents found in {', '.join(map(str, paths))}"
+                      + (f" ({len(corpus.problems)} skipped, listed above)" if corpus.problems else ""))
+            defaults = Chunking()
+            retriever = Retriever.create(
+                index_dir, model, index_type=index_type or "flat", max_length=max_length, device=device,
+                batch_tokens=batch_tokens,
+                chunking=Chunking(chunking or defaults.mode, overlap if overlap is not None else defaults.overlap,
+                                  passage_tokens or defaults.passage_tokens))
+        console.print(f"{len(corpus.documents)} documents read from {', '.join(map(str, paths))}")
+        report = retriever.sync(corpus, show_progress=True, wait=wait)
+    except KeyboardInterrupt:
+        _fail("interrupted: the index was left as it was", 130)
+    except _errors() as e:
+        _fail(str(e))
+    docs_per_s = len(report.added + report.updated) / report.encode_seconds if report.encode_seconds else 0
+    console.print(f"{index_dir}: {len(report.added)} added, {len(report.updated)} updated, "
+                  f"{report.unchanged} unchanged, {len(report.removed)} removed; {report.chunks_embedded} chunks "
+                  f"({report.tokens:,} tokens) embedded in {report.encode_seconds:.1f} s"
+                  + (f" ({docs_per_s:.1f} docs/s)" if docs_per_s else "") + f"; {report.seconds:.1f} s in all")
+    if corpus.problems:
+        console.print(f"{len(corpus.problems)} skipped (listed above)")
+
+
+def _check_fixed_options(manifest, index_dir: Path, **given) -> None:
+    fixed = {"max_length": manifest.max_length, "index_type": manifest.index_type,
+             "chunking": manifest.chunking["mode"], "overlap": manifest.chunking["overlap"],
+             "passage_tokens": manifest.chunking["passage_tokens"]}
+    for option, value in given.items():
+        if value is not None and value != fixed[option]:
+            _fail(f"{index_dir} was created with --{option.replace('_', '-')} {fixed[option]}; it cannot change "
+                  f"to {value}: index into a new --index folder instead")
+
+
+def _report_problems(problems, console) -> None:
+    for problem in problems[:SHOWN_PROBLEMS]:
+        console.print(f"[yellow]skipped[/] {problem}", highlight=False, markup=True, soft_wrap=True)
+    if len(problems) > SHOWN_PROBLEMS:
+        console.print(f"... and {len(problems) - SHOWN_PROBLEMS} more skipped")
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(None, help="What to search for."),
+    index_dir: Path = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", help=INDEX_HELP),
+    k: int = typer.Option(10, "-k", help="Documents to return."),
+    hybrid: bool = typer.Option(False, "--hybrid", help="Fuse dense and BM25 rankings (reciprocal-rank fusion)."),
+    json_output: bool = typer.Option(False, "--json", help="Print hits as JSON on stdout."),
+    queries: Path = typer.Option(None, "--queries", help="Search every query of a file (.tsv: id<TAB>text; "
+                                                         ".jsonl: _id/id and text, BEIR style; else one per "
+                                                         "line) and write a TREC run file."),
+    output: Path = typer.Option(Path("run.trec"), "--output", "-o", help="--queries: the TREC run file to write."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cpu)."),
+) -> None:
+    """Search an index: a table of rank, score, document id, title or path, and the best passage."""
+    from retriever.index import DEFAULT_INDEX_DIR, Retriever
+
+    if (query is None) == (queries is None):
+        _fail("give either a QUERY or --queries FILE")
+    try:
+        retriever = Retriever.open(index_dir or DEFAULT_INDEX_DIR, device=device)
+        if queries is not None:
+            query_ids, texts = _read_queries(queries)
+            results = retriever.search_batch(texts, k=k, hybrid=hybrid)
+        else:
+            results = [retriever.search(query, k=k, hybrid=hybrid)]
+    except _errors() as e:
+        _fail(str(e))
+    if queries is not None:
+        from evals.beir import write_trec_run
+
+        tag = "hybrid" if hybrid else "dense"
+        write_trec_run({qid: {h.id: h.score for h in hits} for qid, hits in zip(query_ids, results)}, output, tag)
+        _stderr().print(f"{len(query_ids)} queries searched; TREC run written to {output}")
+        return
+    hits = results[0]
+    if json_output:
+        print(json.dumps({"query": query, "hybrid": hybrid, "hits": [h.to_dict() for h in hits]},
+                         ensure_ascii=False, indent=2))
+        return
+    _print_hits(query, hits)
+
+
+def _read_queries(path: Path) -> tuple[list[str], list[str]]:
+    if not path.is_file():
+        _fail(f"{path}: no such file")
+    ids, texts = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+                qid, text = str(row.get("_id", row.get("id", number))), row["text"]
+            except (json.JSONDecodeError, KeyError, AttributeError):
+                _fail(f"{path}:{number}: expected a JSON object with a 'text' field")
+        elif path.suffix == ".tsv":
+            qid, _, text = line.partition("\t")
+            if not text:
+                _fail(f"{path}:{number}: expected id<TAB>query")
+        else:
+            qid, text = str(number), line
+        if not text.strip():
+            _fail(f"{path}:{number}: empty query")
+        ids.append(qid)
+        texts.append(text)
+    if not ids:
+        _fail(f"{path}: no queries")
+    return ids, texts
+
+
+def snippet(passage: str, query: str, width: int = SNIPPET_CHARS) -> str:
+    """Up to `width` characters of the passage, around the first query word found in it."""
+    text = " ".join(passage.split())
+    if len(text) <= width:
+        return text
+    words = [w for w in re.findall(r"\w{3,}", query.lower())]
+    found = [i for i in (text.lower().find(w) for w in words) if i >= 0]
+    start = max(0, min(found, default=0) - width // 4)
+    start = text.rfind(" ", 0, start) + 1 if start else 0
+    cut = text[start: start + width]
+    return ("..." if start else "") + cut + ("..." if start + width < len(text) else "")
+
+
+def _print_hits(query: str, hits) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not hits:
+        _stderr().print("no hits")
+        return
+    table = Table(show_lines=True)
+    for column, style in (("rank", "bold"), ("score", None), ("id", "cyan"), ("title / path", None),
+                          ("passage", None)):
+        table.add_column(column, style=style, overflow="fold")
+    for hit in hits:
+        where = hit.title or hit.source
+        if hit.source and hit.title and Path(hit.source).name not in hit.title:
+            where = f"{hit.title}\n[dim]{hit.source}[/]"
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.id, where, snippet(hit.passage, query))
+    Console(width=max(100, Console().width)).print(table)
+
+
+@app.command()
+def info(
+    index_dir: Path = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", help=INDEX_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
+) -> None:
+    """What an index holds: model, dimension, documents and chunks, size, type, times."""
+    from retriever.index import DEFAULT_INDEX_DIR, Retriever
+
+    try:
+        facts = Retriever.open(index_dir or DEFAULT_INDEX_DIR).info()
+    except _errors() as e:
+        _fail(str(e))
+    if json_output:
+        print(json.dumps(facts, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False)
+    chunking = facts["chunking"]
+    rows = {
+        "index": facts["directory"],
+        "model": f"{facts['model']} (fingerprint {facts['model_fingerprint']})",
+        "dimension": f"{facts['dimension']} ({'cosine' if facts['normalize'] else 'inner product'})",
+        "max length": f"{facts['max_length']} tokens",
+        "chunking": chunking["mode"] + (f", overlap {chunking['overlap']}" if chunking["mode"] == "window"
+                                        else f", passages of {chunking['passage_tokens']} tokens"),
+        "prompts": ", ".join(f"{k}: {v!r}" for k, v in facts["prompts"].items()) or "none",
+        "index type": facts["index_type"],
+        "documents": f"{facts['documents']:,}",
+        "chunks": f"{facts['chunks']:,}",
+        "size on disk": f"{facts['size_bytes'] / 2**20:.1f} MiB",
+        "created": facts["created"],
+        "updated": facts["updated"],
+        "versions": ", ".join(f"{k} {v}" for k, v in facts["versions"].items()),
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    Console().print(table)
+
+
+@app.command()
+def remove(
+    ids: list[str] = typer.Argument(..., help="Ids of the documents to remove."),
+    index_dir: Path = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", help=INDEX_HELP),
+    wait: float = typer.Option(0, help="Seconds to wait for another writer of the same index before failing."),
+) -> None:
+    """Remove documents from an index by id."""
+    from retriever.index import DEFAULT_INDEX_DIR, Retriever
+
+    try:
+        report = Retriever.open(index_dir or DEFAULT_INDEX_DIR).remove(ids, wait=wait)
+    except KeyboardInterrupt:
+        _fail("interrupted: the index was left as it was", 130)
+    except _errors() as e:
+        _fail(str(e))
+    console = _stderr()
+    console.print(f"{len(report.removed)} removed")
+    if report.missing:
+        console.print(f"not in the index: {', '.join(report.missing)}", highlight=False)
+        if not report.removed:
+            raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

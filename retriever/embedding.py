@@ -1,0 +1,286 @@
+"""Documents -> tokens -> encoder -> vectors, for indexing and for queries.
+
+`EmbeddingModel` opens a ModernBERT embedding model in the sentence-transformers layout
+(Transformer, Pooling with mean or CLS, optional Normalize) with our encoder and the model's own
+`tokenizer.json`, and pools the packed token states itself. It gives the vectors that
+`encoder.load_embedder(...).encode` gives (tests hold the two together), without importing
+sentence-transformers, whose import alone would take longer than a cold `retriever search` may.
+
+How a document becomes vectors (`Chunking`):
+- A document that fits in `max_length` tokens (prompt and special tokens included) is one input
+  and one vector, exactly as `encode_document` would embed it.
+- A longer one is cut, in token space, into windows of up to `max_length` tokens.
+  `mode="window"`: the windows overlap by `overlap` tokens and each is embedded on its own.
+  `mode="late"` (late chunking, Günther et al. 2024): the windows tile the document, each runs
+  through the encoder once, and each passage of `passage_tokens` tokens inside it is mean-pooled
+  from that one pass, so every passage vector carries the context of up to `max_length` tokens
+  around it. Short documents get passage vectors the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoder.checkpoint import CheckpointError
+from encoder.layout import DEFAULT_BATCH_TOKENS, KNOWN_PROMPTS, resolve_embedder_dir, token_budget_batches
+from encoder.model import ModernBertModel
+
+CHUNKING_MODES = ("window", "late")
+# Tokens held back from each window for the prompt's re-tokenisation at the cut.
+_WINDOW_MARGIN = 8
+
+
+@dataclass(frozen=True)
+class Chunking:
+    mode: str = "window"
+    overlap: int = 256  # window mode: tokens shared by neighbouring windows
+    passage_tokens: int = 256  # late mode: tokens per passage vector
+
+    def __post_init__(self):
+        if self.mode not in CHUNKING_MODES:
+            raise ValueError(f"chunking {self.mode!r}: expected one of {', '.join(CHUNKING_MODES)}")
+        if self.overlap < 0 or self.passage_tokens < 1:
+            raise ValueError("chunking: overlap must be >= 0 and passage_tokens >= 1")
+
+
+@dataclass
+class Passage:
+    """What one vector stands for: characters [start, end) of document `doc`."""
+
+    doc: int
+    start: int
+    end: int
+
+
+@dataclass
+class _Input:
+    doc: int
+    offset: int  # where this input's text starts in the document
+    ids: list[int]
+    spans: list[tuple[int, int, int, int]]  # (first token, end token, start char, end char) per passage
+
+
+class EmbeddingModel:
+    def __init__(self, directory: Path, name: str, model: ModernBertModel, tokenizer, *, pooling: str,
+                 include_prompt: bool, normalize: bool, prompts: dict[str, str], max_length: int,
+                 lowercase: bool):
+        self.directory = directory
+        self.name = name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.include_prompt = include_prompt
+        self.normalize = normalize
+        self.prompts = prompts
+        self.max_length = max_length
+        self.lowercase = lowercase
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.cls_id, self.sep_id = self._special_ids()
+
+    @property
+    def dimension(self) -> int:
+        return self.model.config.hidden_size
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, device: str | None = None, max_length: int | None = None
+             ) -> EmbeddingModel:
+        from tokenizers import Tokenizer
+
+        directory = resolve_embedder_dir(name_or_path)
+        modules_path = directory / "modules.json"
+        pooling, include_prompt, normalize, transformer_path = "mean", True, False, ""
+        if modules_path.is_file():
+            for entry in json.loads(modules_path.read_text()):
+                kind = entry["type"].rsplit(".", 1)[-1]
+                if kind == "Transformer":
+                    transformer_path = entry["path"]
+                elif kind == "Pooling":
+                    pooling, include_prompt = _pooling(directory / entry["path"] / "config.json")
+                elif kind == "Normalize":
+                    normalize = True
+                else:
+                    raise CheckpointError(f"{modules_path}: module {entry['type']} is not supported by the "
+                                          "retriever (Transformer, Pooling (mean or CLS) and Normalize are)")
+        transformer_dir = directory / transformer_path
+        tokenizer_file = transformer_dir / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise CheckpointError(f"{transformer_dir}: no tokenizer.json (a fast tokenizer is needed)")
+        module_config = _json(transformer_dir / "sentence_bert_config.json")
+        st_config = _json(directory / "config_sentence_transformers.json")
+        prompts = {k: v for k, v in (st_config.get("prompts") or {}).items() if v} \
+            or dict(KNOWN_PROMPTS.get(str(name_or_path), {}))
+        # cosine similarity (the sentence-transformers default) is inner product of unit vectors
+        normalize = normalize or st_config.get("similarity_fn_name") in (None, "cosine")
+        model = ModernBertModel.from_pretrained(transformer_dir, device=device or "cpu")
+        limit = min(filter(None, [max_length, module_config.get("max_seq_length"),
+                                  model.config.max_position_embeddings]))
+        return cls(directory, str(name_or_path), model, Tokenizer.from_file(str(tokenizer_file)),
+                   pooling=pooling, include_prompt=include_prompt, normalize=normalize, prompts=prompts,
+                   max_length=limit, lowercase=bool(module_config.get("do_lower_case")))
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights, the tokenizer, the pooling and the prompts: what makes the vectors,
+        so what an index built with this model must match."""
+        digest = hashlib.sha256(json.dumps([self.pooling, self.include_prompt, self.normalize, self.prompts,
+                                            self.lowercase], sort_keys=True).encode())
+        files = sorted(self.directory.rglob("*.safetensors")) + sorted(self.directory.rglob("tokenizer.json"))
+        for path in files:
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+        return digest.hexdigest()[:16]
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def _special_ids(self) -> tuple[int | None, int | None]:
+        with_specials = self.tokenizer.encode("a").ids
+        plain = self.tokenizer.encode("a", add_special_tokens=False).ids
+        cls_id = with_specials[0] if with_specials[:1] != plain[:1] else None
+        sep_id = with_specials[-1] if with_specials[-1:] != plain[-1:] else None
+        return cls_id, sep_id
+
+    def _encode(self, texts: list[str]):
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        return self.tokenizer.encode_batch(texts)
+
+    def _truncate(self, ids: list[int]) -> list[int]:
+        """At most max_length tokens, the closing special token kept (as transformers truncates)."""
+        if len(ids) <= self.max_length:
+            return ids
+        return ids[: self.max_length - 1] + ids[-1:] if self.sep_id is not None else ids[: self.max_length]
+
+    def _whole_inputs(self, texts: list[str], prompt: str) -> list[_Input]:
+        """Each text as one input, truncated to max_length (the stock encode_* behaviour)."""
+        inputs = []
+        for doc, encoding in enumerate(self._encode([prompt + t for t in texts])):
+            ids = self._truncate(encoding.ids)
+            inputs.append(_Input(doc, 0, ids, [(0, len(ids), 0, len(texts[doc]))]))
+        return inputs
+
+    def _document_inputs(self, texts: list[str], chunking: Chunking) -> list[_Input]:
+        prompt = self.prompts.get("document", "")
+        overhead = len(self.tokenizer.encode(prompt).ids)
+        capacity = self.max_length - overhead
+        contents = self.tokenizer.encode_batch([t.lower() for t in texts] if self.lowercase else texts,
+                                               add_special_tokens=False)
+        slices: list[tuple[int, int, int]] = []  # (doc, start char, end char)
+        for doc, content in enumerate(contents):
+            offsets = content.offsets
+            if len(offsets) <= capacity and chunking.mode == "window":
+                slices.append((doc, 0, len(texts[doc])))
+                continue
+            window = max(1, capacity - _WINDOW_MARGIN)
+            overlap = min(chunking.overlap, window // 2) if chunking.mode == "window" else 0
+            stride = window - overlap
+            for first in range(0, max(1, len(offsets)), stride):
+                last = min(first + window, len(offsets))
+                start = offsets[first][0] if first else 0
+                end = offsets[last - 1][1] if last < len(offsets) else len(texts[doc])
+                slices.append((doc, start, end))
+                if last == len(offsets):
+                    break
+        inputs = []
+        encodings = self._encode([prompt + texts[doc][start:end] for doc, start, end in slices])
+        for (doc, start, end), encoding in zip(slices, encodings):
+            ids = self._truncate(encoding.ids)
+            if chunking.mode == "window":
+                spans = [(0, len(ids), start, end)]
+            else:
+                spans = self._passages(encoding, len(ids), len(prompt), start, chunking.passage_tokens)
+            inputs.append(_Input(doc, start, ids, spans))
+        return inputs
+
+    @staticmethod
+    def _passages(encoding, length: int, prompt_chars: int, offset: int, passage_tokens: int):
+        """Late chunking: consecutive runs of `passage_tokens` content tokens of one input."""
+        # a token is the text's once it ends past the prompt (a leading space may join the prompt's end)
+        content = [i for i in range(length)
+                   if not encoding.special_tokens_mask[i] and encoding.offsets[i][1] > prompt_chars]
+        if not content:  # nothing but special tokens: the input as a whole
+            return [(0, length, offset, offset)]
+        spans = []
+        for k in range(0, len(content), passage_tokens):
+            group = content[k: k + passage_tokens]
+            spans.append((group[0], group[-1] + 1,
+                          offset + max(encoding.offsets[group[0]][0] - prompt_chars, 0),
+                          offset + encoding.offsets[group[-1]][1] - prompt_chars))
+        return spans
+
+    # ---- encoder and pooling ------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _run(self, inputs: list[_Input], prompt: str, batch_tokens: int,
+             advance: Callable[[int], None] | None) -> tuple[np.ndarray, list[Passage]]:
+        device = self.model.device
+        prompt_tokens = len(self.tokenizer.encode(prompt).ids) - (self.sep_id is not None) if prompt else 0
+        vectors: list[tuple[int, int, np.ndarray]] = []  # (input, span, vector): put back in input order
+        lengths = np.array([len(x.ids) for x in inputs])
+        for batch in token_budget_batches(lengths, batch_tokens):
+            packed = torch.tensor([t for i in batch for t in inputs[i].ids], device=device)
+            cu_seqlens = torch.tensor(np.concatenate([[0], np.cumsum(lengths[batch])]), device=device)
+            hidden = self.model(packed, cu_seqlens=cu_seqlens).last_hidden_state.float()
+            segment = np.full(len(packed), -1)
+            keys = []
+            for i, seq_start in zip(batch, cu_seqlens[:-1].tolist()):
+                for j, (first, end, _, _) in enumerate(inputs[i].spans):
+                    if self.pooling == "mean" and not self.include_prompt:
+                        first = max(first, prompt_tokens)
+                    segment[seq_start + first: seq_start + (first + 1 if self.pooling == "cls" else end)] = len(keys)
+                    keys.append((i, j))
+            segment_t = torch.as_tensor(segment, device=device)
+            rows = segment_t >= 0
+            sums = hidden.new_zeros(len(keys), hidden.shape[1]).index_add_(0, segment_t[rows], hidden[rows])
+            counts = torch.bincount(segment_t[rows], minlength=len(keys)).clamp(min=1)
+            pooled = sums / counts[:, None]
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            pooled = pooled.cpu().numpy()
+            vectors.extend((i, j, pooled[k]) for k, (i, j) in enumerate(keys))
+            if advance:
+                advance(int(lengths[batch].sum()))
+        vectors.sort(key=lambda item: (item[0], item[1]))
+        passages = [Passage(inputs[i].doc, inputs[i].spans[j][2], inputs[i].spans[j][3]) for i, j, _ in vectors]
+        matrix = np.stack([v for _, _, v in vectors]) if vectors else np.zeros((0, self.dimension), np.float32)
+        return matrix.astype(np.float32), passages
+
+    def encode_queries(self, queries: list[str], batch_tokens: int = DEFAULT_BATCH_TOKENS) -> np.ndarray:
+        prompt = self.prompts.get("query", "")
+        return self._run(self._whole_inputs(queries, prompt), prompt, batch_tokens, None)[0]
+
+    def encode_documents(self, texts: list[str], chunking: Chunking = Chunking(),
+                         batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                         progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[Passage]]:
+        """Vectors of every passage of every text (see the module docstring), in text order.
+        `progress(tokens done, tokens in all)` is called after each encoder batch."""
+        if chunking.mode == "late" and self.pooling != "mean":
+            raise ValueError(f"late chunking pools token states by their mean; {self.name} pools by {self.pooling}")
+        inputs = self._document_inputs(texts, chunking)
+        total = sum(len(x.ids) for x in inputs)
+        advance = (lambda n: progress(n, total)) if progress else None
+        return self._run(inputs, self.prompts.get("document", ""), batch_tokens, advance)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _pooling(config_path: Path) -> tuple[str, bool]:
+    """(mean or cls, include_prompt) from either generation of the Pooling config."""
+    config = _json(config_path)
+    modes = config.get("pooling_mode")
+    if modes is None:
+        modes = [m for m in ("cls", "mean", "max", "mean_sqrt_len") if config.get(f"pooling_mode_{m}_tokens")
+                 or config.get(f"pooling_mode_{m}_token")]
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    if modes not in (["mean"], ["cls"]):
+        raise CheckpointError(f"{config_path}: pooling {modes} is not supported by the retriever (mean or cls)")
+    return modes[0], bool(config.get("include_prompt", True))

@@ -1,0 +1,562 @@
+"""The index on disk and the Python API: `Retriever.create/open`, `.add`, `.remove`, `.search`.
+
+One directory (default `./.retriever`):
+
+    manifest.json    IndexManifest: model and fingerprint, dimension, prompts, chunking, index
+                     type, counts, times, versions, and the generation below that is current
+    gen-000007/      vectors.faiss (IndexIDMap2, ids = chunk ids), store.sqlite (documents and
+                     chunks), bm25/ (bm25s over the chunks)
+    .lock            held by the one writer (writer.json says who)
+
+A write builds the next generation beside the current one (a copy of the store, the FAISS index
+read afresh, BM25 rebuilt), and commits by replacing manifest.json (write aside, fsync, rename):
+an interrupted write (Ctrl-C, kill -9, a full disk) leaves the previous generation, still named by
+the manifest, whole; the next writer clears what it left. Readers load the generation the
+manifest names and keep using it while a writer works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from encoder.layout import DEFAULT_BATCH_TOKENS
+from retriever.documents import Corpus, Document, as_document
+from retriever.embedding import Chunking, EmbeddingModel
+from retriever.lexical import LexicalIndex
+from retriever.store import Store
+from retriever.vectors import VectorIndex
+
+DEFAULT_INDEX_DIR = Path(".retriever")
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+FORMAT_VERSION = 1
+RRF_K = 60
+MANIFEST = "manifest.json"
+_LOCK = ".lock"
+_WRITER = "writer.json"
+_VECTORS = "vectors.faiss"
+_STORE = "store.sqlite"
+_BM25 = "bm25"
+
+
+class RetrieverError(Exception):
+    """Base of the errors a user of an index can get; the message says what and where."""
+
+
+class IndexNotFoundError(RetrieverError):
+    pass
+
+
+class IndexExistsError(RetrieverError):
+    pass
+
+
+class IndexMismatchError(RetrieverError):
+    pass
+
+
+class IndexLockedError(RetrieverError):
+    pass
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package, used when no model is named."""
+    if not (DEFAULT_MODEL_DIR / "modules.json").is_file():
+        raise RetrieverError(f"the default model is not installed ({DEFAULT_MODEL_DIR} is missing); pass --model")
+    return DEFAULT_MODEL_DIR
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("modernbert-retriever", "faiss-cpu", "faiss-gpu-cu12", "torch", "tokenizers", "bm25s"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class IndexManifest:
+    model: str  # as named: "default", a hub id, or a local folder (absolute)
+    model_fingerprint: str
+    dimension: int
+    normalize: bool
+    prompts: dict[str, str]
+    max_length: int
+    chunking: dict
+    index_type: str
+    generation: str = ""
+    documents: int = 0
+    chunks: int = 0
+    created: str = field(default_factory=_now)
+    updated: str = field(default_factory=_now)
+    versions: dict = field(default_factory=_versions)
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def read(cls, directory: Path) -> IndexManifest:
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise IndexNotFoundError(f"{directory}: no index here (no {MANIFEST}); create one with `retriever index`")
+        try:
+            data = json.loads(path.read_text())
+            manifest = cls(**data)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise RetrieverError(f"{path}: not a manifest this version can read ({e})") from None
+        if manifest.format_version != FORMAT_VERSION:
+            raise RetrieverError(f"{path}: index format {manifest.format_version}, this version reads {FORMAT_VERSION}")
+        return manifest
+
+    def write(self, directory: Path) -> None:
+        """Atomically: the commit point of every write."""
+        _write_atomic(directory / MANIFEST, json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: str
+    score: float
+    title: str
+    text: str  # the whole document
+    passage: str  # its best-matching passage
+    span: tuple[int, int]  # the passage's characters in text
+    source: str
+    metadata: dict
+
+    def to_dict(self, with_text: bool = False) -> dict:
+        out = asdict(self)
+        out["span"] = list(self.span)
+        if not with_text:
+            del out["text"]
+        return out
+
+
+@dataclass
+class UpdateReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    removed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # remove(): ids that were not in the index
+    chunks_embedded: int = 0
+    tokens: int = 0
+    encode_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+class Retriever:
+    """A searchable index of documents. Reads (search, info) are safe from several threads."""
+
+    def __init__(self, directory: Path, manifest: IndexManifest, model: EmbeddingModel | None = None,
+                 device: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS):
+        self.directory = directory
+        self.manifest = manifest
+        self.device = device
+        self.batch_tokens = batch_tokens
+        self._model = model
+        self._lock = threading.Lock()
+        self._load_generation()
+
+    # ---- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: str | Path = DEFAULT_INDEX_DIR, model: str | Path | None = None, *,
+               index_type: str = "flat", max_length: int | None = None, chunking: Chunking = Chunking(),
+               device: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Retriever:
+        """A new, empty index in `directory` for `model` (default: the model shipped with the package)."""
+        directory = Path(directory)
+        if (directory / MANIFEST).is_file():
+            raise IndexExistsError(f"{directory}: an index exists here already; open it, or pick another folder")
+        VectorIndex.new(index_type, 1)  # the type is checked before the model loads
+        name = _model_name(model)
+        embedding_model = EmbeddingModel.load(_model_location(name), device=device, max_length=max_length)
+        if chunking.mode == "late" and embedding_model.pooling != "mean":
+            raise IndexMismatchError(f"late chunking needs a mean-pooling model; {name} pools by "
+                                     f"{embedding_model.pooling}")
+        manifest = IndexManifest(
+            model=name, model_fingerprint=embedding_model.fingerprint(), dimension=embedding_model.dimension,
+            normalize=embedding_model.normalize, prompts=embedding_model.prompts,
+            max_length=embedding_model.max_length, chunking=asdict(chunking), index_type=index_type)
+        directory.mkdir(parents=True, exist_ok=True)
+        with _write_lock(directory, wait=0):
+            if (directory / MANIFEST).is_file():
+                raise IndexExistsError(f"{directory}: an index was created here meanwhile")
+            generation = directory / "gen-000000"
+            shutil.rmtree(generation, ignore_errors=True)
+            generation.mkdir()
+            Store(generation / _STORE).close()
+            VectorIndex.new(index_type, manifest.dimension).save(generation / _VECTORS)
+            LexicalIndex.build([]).save(generation / _BM25)
+            _fsync_tree(generation)
+            manifest.generation = generation.name
+            manifest.write(directory)
+        return cls(directory, manifest, embedding_model, device, batch_tokens)
+
+    @classmethod
+    def open(cls, directory: str | Path = DEFAULT_INDEX_DIR, model: str | Path | None = None, *,
+             device: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Retriever:
+        """An existing index. `model` (optional) must be the one it was built with: same fingerprint."""
+        directory = Path(directory)
+        manifest = IndexManifest.read(directory)
+        retriever = cls(directory, manifest, None, device, batch_tokens)
+        if model is not None:
+            retriever._model = retriever._checked_model(_model_name(model))
+        return retriever
+
+    def _load_generation(self) -> None:
+        for _ in range(3):  # a writer may retire the generation between manifest and files
+            generation = self.directory / self.manifest.generation
+            try:
+                self.store = Store(generation / _STORE, readonly=True)
+                self.vectors = VectorIndex.load(generation / _VECTORS, self.manifest.index_type,
+                                                self.manifest.dimension)
+                self.lexical = LexicalIndex.load(generation / _BM25)
+                return
+            except (FileNotFoundError, OSError):
+                self.manifest = IndexManifest.read(self.directory)
+        raise RetrieverError(f"{self.directory}: generation {self.manifest.generation} named by the manifest is missing")
+
+    def _checked_model(self, name: str) -> EmbeddingModel:
+        model = EmbeddingModel.load(_model_location(name), device=self.device, max_length=self.manifest.max_length)
+        if model.dimension != self.manifest.dimension:
+            raise IndexMismatchError(f"{self.directory} holds {self.manifest.dimension}-d vectors of "
+                                     f"{self.manifest.model}; {name} makes {model.dimension}-d vectors")
+        fingerprint = model.fingerprint()
+        if fingerprint != self.manifest.model_fingerprint:
+            raise IndexMismatchError(f"{self.directory} was built with {self.manifest.model} (fingerprint "
+                                     f"{self.manifest.model_fingerprint}); {name} has fingerprint {fingerprint}: "
+                                     "search it with the same model, or build a new index")
+        model.prompts = self.manifest.prompts
+        return model
+
+    @property
+    def model(self) -> EmbeddingModel:
+        with self._lock:
+            if self._model is None:
+                self._model = self._checked_model(self.manifest.model)
+            return self._model
+
+    @property
+    def chunking(self) -> Chunking:
+        return Chunking(**self.manifest.chunking)
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def add(self, documents: Iterable[dict | str | Document], *, show_progress: bool = False,
+            wait: float = 0) -> UpdateReport:
+        """Adds documents (dicts with id/_id, text, title, metadata; strings; or Documents); a
+        document whose id is indexed already is replaced when its content changed."""
+        docs = [d if isinstance(d, Document) else as_document(d, i) for i, d in enumerate(documents)]
+        ids = [d.id for d in docs]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"duplicate document id {duplicate!r}")
+        return self._update(docs, [], show_progress, wait)
+
+    def sync(self, corpus: Corpus, *, show_progress: bool = False, wait: float = 0) -> UpdateReport:
+        """Makes the index hold `corpus` for the files it read: new and changed documents embedded,
+        documents from those files (or folders) that are gone removed. Others stay."""
+        seen = {d.id for d in corpus.documents}
+        unreadable = {str(Path(problem.path).resolve()) for problem in corpus.problems}
+        vanished = [doc_id for doc_id, source in self.store.ids_from_sources(corpus.roots).items()
+                    if doc_id not in seen and source not in unreadable]
+        return self._update(corpus.documents, vanished, show_progress, wait)
+
+    def remove(self, ids: Iterable[str], *, wait: float = 0) -> UpdateReport:
+        ids = list(dict.fromkeys(ids))
+        present = set(self.store.documents(ids))
+        report = self._update([], [i for i in ids if i in present], False, wait)
+        report.missing = [i for i in ids if i not in present]
+        return report
+
+    def _update(self, documents: list[Document], deletions: list[str], show_progress: bool,
+                wait: float) -> UpdateReport:
+        started = time.perf_counter()
+        report = UpdateReport()
+        with _write_lock(self.directory, wait):
+            self.manifest = IndexManifest.read(self.directory)  # another writer may have committed
+            self.store.close()
+            self._load_generation()
+            hashes = self.store.hashes()
+            changed = [d for d in documents if hashes.get(d.id) != d.content_hash]
+            report.unchanged = len(documents) - len(changed)
+            report.added = [d.id for d in changed if d.id not in hashes]
+            report.updated = [d.id for d in changed if d.id in hashes]
+            report.removed = [i for i in deletions if i in hashes]
+            if not changed and not report.removed:
+                report.seconds = time.perf_counter() - started
+                return report
+
+            encode_started = time.perf_counter()
+            vectors, passages = self._embed(changed, show_progress, report)
+            report.encode_seconds = time.perf_counter() - encode_started
+
+            with _next_generation(self.directory) as (generation, name):
+                store = self.store.copy_to(generation / _STORE)
+                index = VectorIndex.load(self.directory / self.manifest.generation / _VECTORS,
+                                         self.manifest.index_type, self.manifest.dimension)
+                index.remove(store.chunk_ids(report.updated + report.removed))
+                store.delete(report.removed)
+                spans: list[list[tuple[int, int]]] = [[] for _ in changed]
+                for passage in passages:
+                    spans[passage.doc].append((passage.start, passage.end))
+                next_id = store.next_chunk_id()
+                chunk_ids = []
+                for doc, doc_spans in zip(changed, spans):
+                    chunk_ids.extend(store.put(doc, doc_spans, next_id))
+                    next_id += len(doc_spans)
+                # passages come in document order, as chunk ids were handed out
+                index.add(np.asarray(chunk_ids, dtype=np.int64), vectors)
+                store.commit()
+                LexicalIndex.build(store.chunk_texts()).save(generation / _BM25)
+                index.save(generation / _VECTORS)
+                documents_count, chunks_count = store.counts()
+                store.close()
+                manifest = IndexManifest(**{**asdict(self.manifest), "documents": documents_count,
+                                            "chunks": chunks_count, "updated": _now(), "versions": _versions()})
+                manifest.generation = name
+            manifest.write(self.directory)
+            self.manifest = manifest
+            self.store.close()
+            self._load_generation()
+            _retire_generations(self.directory, keep=manifest.generation)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _embed(self, documents: list[Document], show_progress: bool, report: UpdateReport):
+        if not documents:
+            return np.zeros((0, self.manifest.dimension), np.float32), []
+        model = self.model
+        with _progress(show_progress, "embedding", "tokens") as progress:
+            vectors, passages = model.encode_documents([d.text for d in documents], self.chunking,
+                                                       self.batch_tokens, progress)
+        report.chunks_embedded = len(passages)
+        report.tokens = progress.done
+        return vectors, passages
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def search(self, query: str, k: int = 10, hybrid: bool = False) -> list[Hit]:
+        return self.search_batch([query], k=k, hybrid=hybrid)[0]
+
+    def search_batch(self, queries: list[str], k: int = 10, hybrid: bool = False) -> list[list[Hit]]:
+        """The k best documents per query, each with its best passage. Dense: cosine similarity of
+        the best chunk. Hybrid: reciprocal-rank fusion of the dense and BM25 document rankings."""
+        for i, query in enumerate(queries):
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"query {i + 1} is empty")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if not queries or self.vectors.ntotal == 0:
+            return [[] for _ in queries]
+        query_vectors = self.model.encode_queries(list(queries), self.batch_tokens)
+        depth = max(k, 100) if hybrid else k
+        dense = self._dense_rankings(query_vectors, depth)
+        if hybrid:
+            lexical = [_best_per_doc(self._doc_ids(hits)) for hits in
+                       self.lexical.search(list(queries), depth * 4)]
+            rankings = [_fuse([d, lx], k) for d, lx in zip(dense, lexical)]
+            best_chunks = [{**{doc: c for doc, (c, _) in lx.items()}, **{doc: c for doc, (c, _) in d.items()}}
+                           for d, lx in zip(dense, lexical)]
+        else:
+            rankings = [[(doc, score) for doc, (_, score) in list(d.items())[:k]] for d in dense]
+            best_chunks = [{doc: c for doc, (c, _) in d.items()} for d in dense]
+        return [self._hits(ranking, chunks) for ranking, chunks in zip(rankings, best_chunks)]
+
+    def _dense_rankings(self, query_vectors: np.ndarray, k: int) -> list[dict[str, tuple[int, float]]]:
+        """Per query: {doc id: (best chunk id, its score)} for the k best documents, best first."""
+        fetch = k * 4
+        while True:
+            scores, ids = self.vectors.search(query_vectors, fetch)
+            per_query = [_best_per_doc(self._doc_ids([(int(i), float(s)) for i, s in zip(row_ids, row_scores)
+                                                      if i >= 0]))
+                         for row_ids, row_scores in zip(ids, scores)]
+            if fetch >= self.vectors.ntotal or all(len(docs) >= k for docs in per_query):
+                return [dict(list(docs.items())[:k]) for docs in per_query]
+            fetch *= 4
+
+    def _doc_ids(self, chunk_hits: list[tuple[int, float]]) -> list[tuple[str, int, float]]:
+        with self._lock:
+            chunks = self.store.chunks([c for c, _ in chunk_hits])
+        return [(chunks[c][0], c, s) for c, s in chunk_hits if c in chunks]
+
+    def _hits(self, ranking: list[tuple[str, float]], best_chunk: dict[str, int]) -> list[Hit]:
+        with self._lock:
+            documents = self.store.documents([doc for doc, _ in ranking])
+            chunks = self.store.chunks([best_chunk[doc] for doc, _ in ranking])
+        hits = []
+        for rank, (doc_id, score) in enumerate(ranking, 1):
+            document = documents[doc_id]
+            _, start, end = chunks[best_chunk[doc_id]]
+            hits.append(Hit(rank=rank, id=doc_id, score=score, title=document.title, text=document.text,
+                            passage=document.text[start:end], span=(start, end), source=document.source,
+                            metadata=document.metadata))
+        return hits
+
+    def info(self) -> dict:
+        generation = self.directory / self.manifest.generation
+        size = sum(p.stat().st_size for p in generation.rglob("*") if p.is_file())
+        return {"directory": str(self.directory.resolve()), **asdict(self.manifest), "size_bytes": size}
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _best_per_doc(chunk_hits: list[tuple[str, int, float]]) -> dict[str, tuple[int, float]]:
+    """{doc: (chunk, score)} keeping each document's best chunk, ordered by that score."""
+    best: dict[str, tuple[int, float]] = {}
+    for doc, chunk, score in chunk_hits:
+        if doc not in best or score > best[doc][1]:
+            best[doc] = (chunk, score)
+    return dict(sorted(best.items(), key=lambda item: -item[1][1]))
+
+
+def _fuse(rankings: list[dict], k: int) -> list[tuple[str, float]]:
+    """Reciprocal-rank fusion: score(d) = sum over rankings of 1 / (RRF_K + rank of d)."""
+    return reciprocal_rank_fusion([list(r) for r in rankings])[:k]
+
+
+def reciprocal_rank_fusion(rankings: list[list[str]], rrf_k: int = RRF_K) -> list[tuple[str, float]]:
+    """Ids ranked by sum over rankings of 1 / (rrf_k + rank), ranks from 1; ties by id."""
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, doc_id in enumerate(ranking, 1):
+            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (rrf_k + rank)
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _model_name(model: str | Path | None) -> str:
+    if model is None or str(model) == DEFAULT_MODEL:
+        return DEFAULT_MODEL
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else str(model)
+
+
+def _model_location(name: str) -> str | Path:
+    return default_model_path() if name == DEFAULT_MODEL else name
+
+
+# ---- files: atomic writes, generations, the writer's lock -------------------------------------
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with path.open("rb+") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def _next_generation(directory: Path) -> Iterator[tuple[Path, str]]:
+    """(folder to build in, the generation's name): built under a temporary name, renamed when
+    complete; a failure removes it."""
+    numbers = [int(p.name[4:]) for p in directory.glob("gen-*") if p.name[4:].isdigit()]
+    name = f"gen-{max(numbers, default=0) + 1:06d}"
+    building = directory / f".building-{name}"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir()
+    try:
+        yield building, name
+        _fsync_tree(building)
+        building.rename(directory / name)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def _retire_generations(directory: Path, keep: str) -> None:
+    """Removes generations other than `keep`, and what interrupted writers left."""
+    for path in list(directory.glob("gen-*")) + list(directory.glob(".building-*")):
+        if path.name != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _write_lock(directory: Path, wait: float) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(directory / _LOCK))
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout:
+        holder = directory / _WRITER
+        who = ""
+        if holder.is_file():
+            with contextlib.suppress(ValueError, OSError):
+                info = json.loads(holder.read_text())
+                who = f" (pid {info['pid']}, since {info['since']})"
+        raise IndexLockedError(f"{directory}: another process is writing to this index{who}; wait for it to "
+                               f"finish, or pass --wait SECONDS") from None
+    try:
+        (directory / _WRITER).write_text(json.dumps({"pid": os.getpid(), "since": _now()}))
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            (directory / _WRITER).unlink()
+        lock.release()
+
+
+class _progress:
+    """A rich progress bar on stderr, or nothing; yields a callable progress(done, total) that
+    also counts what was done."""
+
+    def __init__(self, enabled: bool, label: str, unit: str):
+        self.enabled, self.label, self.unit = enabled, label, unit
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done += done
+        if self.enabled:
+            self.bar.update(self.task, total=total, advance=done)
+
+    def __enter__(self) -> _progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TextColumn(self.unit),
+                                TimeRemainingColumn(), console=Console(stderr=True))
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=None)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()

@@ -1,0 +1,63 @@
+"""Chunks -> BM25 (bm25s, English stemming and stop words), for hybrid search.
+
+bm25s builds its index in one pass and cannot add to it, so every write of the index rebuilds it
+from the chunk texts in the store (about a second per 10k chunks); the chunk ids, in the order of
+bm25s' rows, sit beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import bm25s
+import numpy as np
+import Stemmer
+
+_STEMMER = Stemmer.Stemmer("english")
+_CHUNK_IDS = "chunk_ids.npy"
+
+
+def _tokenize(texts: list[str]):
+    return bm25s.tokenize(texts, stopwords="en", stemmer=_STEMMER, show_progress=False)
+
+
+class LexicalIndex:
+    def __init__(self, bm25: bm25s.BM25 | None, chunk_ids: np.ndarray):
+        self.bm25 = bm25  # None: no chunks
+        self.chunk_ids = chunk_ids
+
+    @classmethod
+    def build(cls, chunks: Iterable[tuple[int, str]]) -> LexicalIndex:
+        ids, texts = [], []
+        for chunk_id, text in chunks:
+            ids.append(chunk_id)
+            texts.append(text)
+        if not texts:
+            return cls(None, np.zeros(0, np.int64))
+        bm25 = bm25s.BM25()
+        bm25.index(_tokenize(texts), show_progress=False)
+        return cls(bm25, np.asarray(ids, dtype=np.int64))
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / _CHUNK_IDS, self.chunk_ids)
+        if self.bm25 is not None:
+            self.bm25.save(str(directory), show_progress=False)
+
+    @classmethod
+    def load(cls, directory: Path) -> LexicalIndex:
+        chunk_ids = np.load(directory / _CHUNK_IDS)
+        if not len(chunk_ids):
+            return cls(None, chunk_ids)
+        return cls(bm25s.BM25.load(str(directory), mmap=True, show_progress=False), chunk_ids)
+
+    def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        """[(chunk id, score)] per query, best first; chunks without any query term are left out."""
+        k = min(k, len(self.chunk_ids))
+        if self.bm25 is None or k == 0:
+            return [[] for _ in queries]
+        tokens = _tokenize(queries)
+        rows, scores = self.bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        return [[(int(self.chunk_ids[r]), float(s)) for r, s in zip(row, score) if s > 0]
+                for row, score in zip(rows, scores)]

@@ -1,0 +1,146 @@
+"""Vectors -> FAISS: chunk vectors under our chunk ids, inner-product search.
+
+Index types (`--index-type`):
+- flat: exact search (IndexFlatIP). Best up to a few hundred thousand chunks.
+- hnsw: approximate graph search (IndexHNSWFlat, M=32). FAISS cannot delete from HNSW, so a
+  removal rebuilds the graph from the stored vectors.
+- ivfpq: inverted lists with product-quantised codes, for large collections in little memory;
+  trained on the first vectors added (at least `IVFPQ_MIN_TRAIN` of them).
+
+Flat and HNSW sit inside IndexIDMap2, so ids are ours; IVF indexes keep our ids themselves (an
+IDMap around IVF breaks on removal: IVF does not renumber what is left, IDMap assumes it). With
+faiss-gpu and CUDA, flat and ivfpq indexes search and add on the GPU; they always go through
+`index_gpu_to_cpu` before being written.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+IVFPQ_MIN_TRAIN = 39 * 256  # what FAISS asks for to train the 256 codes of each PQ sub-space
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+IVF_NPROBE = 16
+
+
+class VectorIndexError(ValueError):
+    pass
+
+
+class VectorIndex:
+    def __init__(self, index: faiss.Index | None, kind: str, dimension: int):
+        self.index = index  # None: an ivfpq index not trained yet
+        self.kind = kind
+        self.dimension = dimension
+        if index is not None:
+            self._configure()
+
+    @classmethod
+    def new(cls, kind: str, dimension: int) -> VectorIndex:
+        if kind not in INDEX_TYPES:
+            raise VectorIndexError(f"index type {kind!r}: expected one of {', '.join(INDEX_TYPES)}")
+        if kind == "ivfpq":
+            return cls(None, kind, dimension)  # its shape depends on the training vectors, see add()
+        if kind == "flat":
+            inner = faiss.IndexFlatIP(dimension)
+        else:
+            inner = faiss.IndexHNSWFlat(dimension, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return cls(faiss.IndexIDMap2(inner), kind, dimension)
+
+    @classmethod
+    def load(cls, path: Path, kind: str, dimension: int) -> VectorIndex:
+        if not path.is_file():  # an ivfpq index that was never trained
+            return cls.new(kind, dimension)
+        return cls(faiss.read_index(str(path)), kind, dimension)
+
+    def save(self, path: Path) -> None:
+        if self.index is None:
+            return
+        index = self.index
+        if _on_gpu(index):
+            index = faiss.index_gpu_to_cpu(index)
+        faiss.write_index(index, str(path))
+
+    @property
+    def ntotal(self) -> int:
+        return 0 if self.index is None else self.index.ntotal
+
+    def _configure(self) -> None:
+        inner = _inner(self.index)
+        if isinstance(inner, faiss.IndexHNSW):
+            inner.hnsw.efSearch = HNSW_EF_SEARCH
+        elif isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = min(IVF_NPROBE, inner.nlist)
+        self.index = _maybe_gpu(self.index, self.kind)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(ids):
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.index is None:
+            self._train_ivfpq(vectors)
+        self.index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+
+    def _train_ivfpq(self, vectors: np.ndarray) -> None:
+        n, dimension = vectors.shape
+        if n < IVFPQ_MIN_TRAIN:
+            raise VectorIndexError(f"ivfpq trains on the first vectors added and needs at least {IVFPQ_MIN_TRAIN} "
+                                   f"chunks; this batch has {n}: use --index-type flat or hnsw for small corpora")
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+        # 8-bit codes of 4 dimensions each (fewer where the dimension does not divide)
+        m = next(m for m in range(dimension // 4, 0, -1) if dimension % m == 0)
+        quantizer = faiss.IndexFlatIP(dimension)
+        inner = faiss.IndexIVFPQ(quantizer, dimension, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        inner.train(vectors)
+        self.index = inner
+        self._configure()
+
+    def remove(self, ids: list[int]) -> None:
+        if not ids or self.index is None:
+            return
+        if self.kind != "hnsw":
+            self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+            return
+        all_ids = faiss.vector_to_array(self.index.id_map)
+        keep = ~np.isin(all_ids, np.asarray(ids, dtype=np.int64))
+        vectors = _inner(self.index).reconstruct_n(0, self.index.ntotal)
+        rebuilt = VectorIndex.new("hnsw", vectors.shape[1])
+        rebuilt.add(all_ids[keep], vectors[keep])
+        self.index = rebuilt.index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each [queries, k'] with k' = min(k, vectors); missing slots have id -1."""
+        k = min(k, self.ntotal)
+        if k == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def _gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    index = faiss.downcast_index(index)
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+
+
+def _on_gpu(index: faiss.Index) -> bool:
+    return hasattr(faiss, "GpuIndex") and isinstance(_inner(index), faiss.GpuIndex)
+
+
+def _maybe_gpu(index, kind: str):
+    """Flat and IVF indexes move to the GPU when faiss-gpu sees one (HNSW has no GPU version)."""
+    if kind == "hnsw" or not _gpu_available():
+        return index
+    resources = faiss.StandardGpuResources()
+    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
+    gpu_index.__dict__["_resources"] = resources  # the resources must live as long as the index
+    return gpu_index

@@ -1,0 +1,434 @@
+"""The retriever: documents -> vectors -> FAISS + SQLite + BM25 -> hits, from Python and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Normalize, Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+from typer.testing import CliRunner
+
+from encoder import load_embedder
+from retriever import Retriever
+from retriever.cli import app
+from retriever.documents import html_text, read_corpus
+from retriever.embedding import Chunking, EmbeddingModel
+from retriever.index import IndexLockedError, IndexMismatchError
+from tests.conftest import WORDS, make_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def st_layout(checkpoint_dir, path: Path, pooling: str, prompts: dict | None) -> Path:
+    transformer = Transformer(str(checkpoint_dir), max_seq_length=4096)
+    modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling), Normalize()]
+    SentenceTransformer(modules=modules, prompts=prompts, device="cpu").save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(checkpoint_dir, tmp_path_factory) -> Path:
+    """Mean pooling, normalised, with query and document prompts (modernbert-embed style)."""
+    return st_layout(checkpoint_dir, tmp_path_factory.mktemp("st_mean"), "mean",
+                     {"query": "query: ", "document": "passage: "})
+
+
+@pytest.fixture(scope="module")
+def cls_model_dir(checkpoint_dir, tmp_path_factory) -> Path:
+    return st_layout(checkpoint_dir, tmp_path_factory.mktemp("st_cls"), "cls", {"query": "query: "})
+
+
+# at least 15 words each, so that the query prompt does not outweigh a text searched for itself
+TEXTS = [t for t in make_corpus(120, 7) if len(t.split()) >= 15][:30]
+LONG = " ".join(WORDS * 20)  # ~2k tokens
+
+
+def write_corpus(folder: Path) -> Path:
+    (folder / "notes").mkdir(parents=True)
+    for i, text in enumerate(TEXTS[:6]):
+        (folder / "notes" / f"n{i}.txt").write_text(text)
+    (folder / "guide.md").write_text("# Late chunking guide\n\n" + LONG)
+    (folder / "page.html").write_text("<html><head><title>Vaccine trials</title><style>p{}</style></head>"
+                                      "<body><p>vaccine dose trial</p><script>var x;</script><p>patient result</p>"
+                                      "</body></html>")
+    rows = [{"_id": f"r{i}", "title": f"record {i}", "text": t, "year": 2000 + i} for i, t in enumerate(TEXTS[6:12])]
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+# ---- embedding ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["model_dir", "cls_model_dir"])
+def test_vectors_equal_the_sentence_transformers_embedder(layout, request):
+    path = request.getfixturevalue(layout)
+    ours = EmbeddingModel.load(path)
+    reference = load_embedder(path, device="cpu")
+    texts = TEXTS + [LONG]
+    documents, passages = ours.encode_documents(texts)
+    assert [p.doc for p in passages] == list(range(len(texts)))  # every text fits: one vector each
+    assert np.abs(documents - reference.encode_document(texts)).max() < 1e-5
+    assert np.abs(ours.encode_queries(texts[:5]) - reference.encode_query(texts[:5])).max() < 1e-5
+
+
+def test_long_documents_are_split_into_overlapping_windows(model_dir):
+    model = EmbeddingModel.load(model_dir, max_length=256)
+    vectors, passages = model.encode_documents([TEXTS[0], LONG], Chunking("window", overlap=32))
+    long_windows = [p for p in passages if p.doc == 1]
+    assert len(long_windows) > 5 and len(vectors) == len(passages)
+    assert long_windows[0].start == 0 and long_windows[-1].end == len(LONG)
+    for before, after in zip(long_windows, long_windows[1:]):
+        assert after.start < before.end  # overlap
+    # each window is embedded as the text it covers
+    window = long_windows[1]
+    alone = model.encode_documents([LONG[window.start: window.end]])[0][0]
+    assert np.abs(vectors[2] - alone).max() < 1e-4
+
+
+def test_late_chunking_spans_tile_the_document_and_carry_context(model_dir):
+    model = EmbeddingModel.load(model_dir)
+    vectors, passages = model.encode_documents([LONG, TEXTS[1]], Chunking("late", passage_tokens=64))
+    spans = [(p.start, p.end) for p in passages if p.doc == 0]
+    tokens = len(model.tokenizer.encode(LONG, add_special_tokens=False).ids)
+    assert len(spans) == -(-tokens // 64)
+    assert spans[0][0] == 0 and spans[-1][1] == len(LONG)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, no gaps
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    # a passage's late vector differs from the passage embedded alone: it saw the whole document
+    start, end = spans[3]
+    alone = model.encode_documents([LONG[start:end]])[0][0]
+    assert np.abs(vectors[3] - alone).max() > 1e-3
+
+
+def test_late_chunking_needs_mean_pooling(cls_model_dir, tmp_path):
+    with pytest.raises(IndexMismatchError, match="mean-pooling"):
+        Retriever.create(tmp_path / "idx", cls_model_dir, chunking=Chunking("late"))
+
+
+# ---- the Python API ----------------------------------------------------------------------------
+
+def test_api_add_search_remove_info(model_dir, tmp_path):
+    index = Retriever.create(tmp_path / "idx", model_dir)
+    report = index.add([{"id": f"d{i}", "title": f"title {i}", "text": t, "lang": "en"} for i, t in enumerate(TEXTS)]
+                       + ["a plain string document about zebras and xylophones"])
+    assert len(report.added) == 31
+    for i in (0, 5, 17):
+        hits = index.search(TEXTS[i], k=3)
+        assert hits[0].id == f"d{i}" and hits[0].rank == 1
+        assert hits[0].title == f"title {i}" and hits[0].text == TEXTS[i] and hits[0].metadata == {"lang": "en"}
+        assert hits[0].passage == TEXTS[i][slice(*hits[0].span)]
+        assert hits[0].score >= hits[1].score
+    batch = index.search_batch([TEXTS[2], TEXTS[3]], k=2)
+    assert [hits[0].id for hits in batch] == ["d2", "d3"]
+    assert index.search("zebras xylophones", k=5, hybrid=True)[0].id == "30"  # string docs get their position
+    assert index.info()["documents"] == 31
+
+    report = index.remove(["d5", "nope"])
+    assert report.removed == ["d5"] and report.missing == ["nope"]
+    assert "d5" not in [h.id for h in index.search(TEXTS[5], k=30)]
+    reopened = Retriever.open(tmp_path / "idx")
+    assert reopened.info()["documents"] == 30 and reopened.info()["chunks"] == 30
+    assert reopened.search(TEXTS[7])[0].id == "d7"
+    with pytest.raises(ValueError, match="empty"):
+        reopened.search("   ")
+
+
+def test_unchanged_documents_are_not_embedded_again(model_dir, tmp_path):
+    index = Retriever.create(tmp_path / "idx", model_dir)
+    index.add([{"id": "a", "text": TEXTS[0]}, {"id": "b", "text": TEXTS[1]}])
+    report = index.add([{"id": "a", "text": TEXTS[0]}, {"id": "b", "text": TEXTS[2]}])
+    assert report.unchanged == 1 and report.updated == ["b"] and report.chunks_embedded == 1
+    assert index.search(TEXTS[2])[0].id == "b"
+    assert index.info()["chunks"] == 2
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "flat"])
+def test_index_types_search_and_remove(model_dir, tmp_path, index_type):
+    index = Retriever.create(tmp_path / "idx", model_dir, index_type=index_type)
+    index.add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS)])
+    index.remove(["3"])
+    assert index.search(TEXTS[4])[0].id == "4"
+    assert index.vectors.ntotal == 29
+
+
+def test_ivfpq_refuses_too_few_vectors(model_dir, tmp_path):
+    from retriever.vectors import VectorIndexError
+
+    index = Retriever.create(tmp_path / "idx", model_dir, index_type="ivfpq")
+    with pytest.raises(VectorIndexError, match="at least"):
+        index.add(TEXTS)
+    assert Retriever.open(tmp_path / "idx").info()["documents"] == 0
+
+
+def test_ivfpq_on_enough_vectors():
+    from retriever.vectors import IVFPQ_MIN_TRAIN, VectorIndex
+
+    rng = np.random.default_rng(0)  # vectors near a 6-d subspace, as embeddings are near a low-d manifold
+    vectors = (rng.standard_normal((IVFPQ_MIN_TRAIN, 6)) @ rng.standard_normal((6, 32))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex.new("ivfpq", 32)
+    index.add(np.arange(100, 100 + len(vectors)), vectors)
+    index.remove([100])
+    assert index.ntotal == IVFPQ_MIN_TRAIN - 1
+    _, ids = index.search(vectors[:50], 10)
+    assert 100 not in ids
+    assert np.mean([100 + i in ids[i] for i in range(1, 50)]) >= 0.9
+
+
+def test_opening_with_another_model_is_an_error(model_dir, cls_model_dir, tmp_path):
+    Retriever.create(tmp_path / "idx", model_dir).add(TEXTS[:3])
+    with pytest.raises(IndexMismatchError, match="fingerprint"):
+        Retriever.open(tmp_path / "idx", cls_model_dir)
+    assert Retriever.open(tmp_path / "idx", model_dir).search(TEXTS[1])[0].id == "1"
+
+
+def test_reads_are_safe_from_several_threads(model_dir, tmp_path):
+    index = Retriever.create(tmp_path / "idx", model_dir)
+    index.add(TEXTS)
+    expected = [[h.id for h in index.search(t, k=5, hybrid=True)] for t in TEXTS]
+    results: dict[int, list[str]] = {}
+
+    def worker(i: int) -> None:
+        for j in range(i, len(TEXTS), 4):
+            results[j] = [h.id for h in index.search(TEXTS[j], k=5, hybrid=True)]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[j] for j in range(len(TEXTS))] == expected
+
+
+# ---- documents ---------------------------------------------------------------------------------
+
+def test_reading_a_folder(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    (folder / "table.csv").write_text("id,title,text,lang\nc1,First,some csv text,en\nc2,Second,,en\n")
+    corpus = read_corpus([folder])
+    by_id = {d.id: d for d in corpus.documents}
+    assert set(by_id) >= {"notes/n0.txt", "guide.md", "page.html", "r0", "r5", "c1"}
+    assert by_id["guide.md"].title == "Late chunking guide"
+    assert by_id["page.html"].title == "Vaccine trials" and "var x" not in by_id["page.html"].text
+    assert by_id["r2"].metadata == {"year": 2002} and by_id["r2"].title == "record 2"
+    assert by_id["c1"].metadata == {"lang": "en"}
+    assert [str(p) for p in corpus.problems] == [f"{folder / 'table.csv'}:3: no 'text' (or it is empty)"]
+
+
+def test_html_text():
+    title, text = html_text("<title> A  page </title><p>one</p><div>two <b>three</b></div><style>x</style>")
+    assert title == "A page" and text == "one\ntwo three"
+
+
+def test_beir_folder_reads_only_its_corpus(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "title": "t", "text": "corpus text"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "a query"}\n')
+    assert [d.id for d in read_corpus([tmp_path]).documents] == ["1"]
+
+
+# ---- the CLI -----------------------------------------------------------------------------------
+
+def cli(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_index_search_info_remove(model_dir, tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    index = tmp_path / "idx"
+    result = cli("index", folder, "--index", index, "--model", model_dir)
+    assert result.exit_code == 0, result.output
+    assert "14 added" in " ".join(result.output.split())
+
+    result = cli("search", TEXTS[3], "--index", index, "--json", "-k", "3")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["query"] == TEXTS[3] and len(payload["hits"]) == 3
+    top = payload["hits"][0]
+    assert top["id"] == "notes/n3.txt" and top["rank"] == 1
+    assert set(top) == {"rank", "id", "score", "title", "passage", "span", "source", "metadata"}
+
+    result = cli("search", "vaccine dose trial", "--index", index, "--hybrid", "--json")
+    assert json.loads(result.stdout)["hits"][0]["id"] == "page.html"
+
+    result = cli("search", TEXTS[7], "--index", index)  # the table
+    assert result.exit_code == 0 and "r1" in result.stdout and "record 1" in result.stdout
+
+    result = cli("info", "--index", index, "--json")
+    facts = json.loads(result.stdout)
+    assert facts["documents"] == 14 and facts["chunks"] == 14 and facts["dimension"] == 64
+    assert facts["model"] == str(model_dir.resolve()) and facts["index_type"] == "flat"
+    assert facts["size_bytes"] > 0 and facts["chunking"]["mode"] == "window"
+    assert "documents" in cli("info", "--index", index).stdout
+
+    result = cli("remove", "r1", "missing-id", "--index", index)
+    assert result.exit_code == 0 and "1 removed" in result.output and "missing-id" in result.output
+    assert cli("remove", "missing-id", "--index", index).exit_code == 1
+    assert "r1" not in [h["id"] for h in json.loads(cli("search", TEXTS[7], "--index", index, "--json",
+                                                        "-k", "20").stdout)["hits"]]
+
+
+def test_cli_reindex_embeds_only_changes_and_applies_deletions(model_dir, tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    index = tmp_path / "idx"
+    assert cli("index", folder, "--index", index, "--model", model_dir).exit_code == 0
+    result = cli("index", folder, "--index", index)
+    assert "0 added, 0 updated, 14 unchanged, 0 removed; 0 chunks" in " ".join(result.output.split())
+
+    (folder / "notes" / "n1.txt").write_text(TEXTS[20])  # changed
+    (folder / "notes" / "n2.txt").unlink()  # deleted file
+    (folder / "new.txt").write_text(TEXTS[21])  # new
+    rows = (folder / "records.jsonl").read_text().splitlines()
+    (folder / "records.jsonl").write_text("\n".join(rows[:-1]) + "\n")  # record r5 dropped
+    result = cli("index", folder, "--index", index)
+    assert result.exit_code == 0, result.output
+    assert "1 added, 1 updated, 11 unchanged, 2 removed; 2 chunks" in " ".join(result.output.split())
+    hits = json.loads(cli("search", TEXTS[20], "--index", index, "--json", "-k", "20").stdout)["hits"]
+    ids = [h["id"] for h in hits]
+    assert ids[0] == "notes/n1.txt" and "notes/n2.txt" not in ids and "r5" not in ids and "new.txt" in ids
+    # documents indexed from other paths are not touched by a re-index of this one
+    other = tmp_path / "other.txt"
+    other.write_text(TEXTS[25])
+    assert cli("index", other, "--index", index).exit_code == 0
+    assert "0 removed" in cli("index", folder, "--index", index).output
+    assert json.loads(cli("info", "--index", index, "--json").stdout)["documents"] == 14
+
+
+def test_cli_late_chunking_returns_the_best_passage(model_dir, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "long.txt").write_text(LONG)
+    index = tmp_path / "idx"
+    result = cli("index", tmp_path / "docs", "--index", index, "--model", model_dir, "--chunking", "late",
+                 "--passage-tokens", "128")
+    assert result.exit_code == 0, result.output
+    facts = json.loads(cli("info", "--index", index, "--json").stdout)
+    assert facts["documents"] == 1 and facts["chunks"] > 10 and facts["chunking"]["passage_tokens"] == 128
+    hit = json.loads(cli("search", "protein cell gene", "--index", index, "--json").stdout)["hits"][0]
+    start, end = hit["span"]
+    assert hit["id"] == "long.txt" and hit["passage"] == LONG[start:end] and 0 < end - start < len(LONG)
+    result = cli("index", tmp_path / "docs", "--index", index, "--chunking", "window")
+    assert result.exit_code == 2 and "created with --chunking late" in result.output
+
+
+def test_cli_queries_file_writes_a_trec_run(model_dir, tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    index = tmp_path / "idx"
+    cli("index", folder, "--index", index, "--model", model_dir)
+    queries = tmp_path / "queries.tsv"
+    queries.write_text(f"q1\t{TEXTS[0]}\nq2\t{TEXTS[8]}\n")
+    run = tmp_path / "run.trec"
+    result = cli("search", "--queries", queries, "--index", index, "-k", "4", "--output", run)
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in run.read_text().splitlines()]
+    assert len(lines) == 8 and lines[0][:4] == ["q1", "Q0", "notes/n0.txt", "1"] and lines[4][2] == "r2"
+
+
+def test_cli_bad_inputs(model_dir, tmp_path):
+    index = tmp_path / "idx"
+    result = cli("index", tmp_path / "missing", "--index", index, "--model", model_dir)
+    assert result.exit_code == 2 and "missing: no such file or folder" in result.output
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("index", empty, "--index", index, "--model", model_dir)
+    assert result.exit_code == 2 and "no documents found" in result.output
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ok.txt").write_text("alpha beta gamma")
+    (bad / "binary.txt").write_bytes(b"\x00\x01\x02binary")
+    (bad / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (bad / "rows.jsonl").write_text('{"id": "x1", "text": "fine"}\n{"id": "x2", "text": \n{"id": "ok.txt", "text": "dup"}\n')
+    (bad / "locked.md").write_text("secret")
+    os.chmod(bad / "locked.md", 0)
+    result = cli("index", bad, "--index", index, "--model", model_dir)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "binary.txt: binary file" in output
+    assert "latin1.txt: not valid UTF-8 (byte 3)" in output
+    assert "rows.jsonl:2: invalid JSON" in output
+    assert "duplicate id 'ok.txt'" in output
+    readable = os.geteuid() == 0  # root reads anything
+    assert readable or "locked.md: cannot read" in output
+    assert f"{3 if readable else 2} added" in output and "skipped (listed above)" in output
+    assert "Traceback" not in result.output
+
+    result = cli("search", "   ", "--index", index)
+    assert result.exit_code == 2 and "query 1 is empty" in result.output
+    result = cli("search", "x", "--index", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "no index here" in result.output
+    result = cli("index", bad, "--index", tmp_path / "idx2", "--model", tmp_path / "no-model")
+    assert result.exit_code == 2 and "no such model folder" in result.output
+
+
+# ---- interrupted and concurrent writers --------------------------------------------------------
+
+# A writer that stops for good half-way through a write (after the new generation's store and vectors
+# are written, before the commit), so the test can kill it there or race it.
+STALLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import retriever.index as index_module
+    from retriever import Retriever
+
+    def stalled_build(chunks):
+        Path(sys.argv[2]).write_text("stalled")
+        time.sleep(600)
+
+    index_module.LexicalIndex.build = stalled_build
+    Retriever.open(sys.argv[1]).add([{"id": "late", "text": "added by the killed writer"}])
+""")
+
+
+def _start_stalled_writer(index: Path, marker: Path) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", STALLED_WRITER, str(index), str(marker)], cwd=ROOT)
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert process.poll() is None, "the writer ended before stalling"
+        assert time.time() < deadline, "the writer did not reach the middle of its write"
+        time.sleep(0.1)
+    return process
+
+
+def test_kill_9_mid_write_leaves_the_previous_index_usable(model_dir, tmp_path):
+    index = tmp_path / "idx"
+    Retriever.create(index, model_dir).add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS[:10])])
+    writer = _start_stalled_writer(index, tmp_path / "marker")
+    assert list(index.glob(".building-*")), "the killed writer had a generation under construction"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+
+    reopened = Retriever.open(index)
+    assert reopened.info()["documents"] == 10
+    assert reopened.search(TEXTS[4])[0].id == "4"
+    assert reopened.search("added by the killed writer", k=10)[0].id != "late"
+    reopened.add([{"id": "after", "text": TEXTS[20]}])  # the lock died with the writer; its leftovers go
+    assert not list(index.glob(".building-*")) and len(list(index.glob("gen-*"))) == 1
+    assert Retriever.open(index).search(TEXTS[20])[0].id == "after"
+
+
+def test_a_second_writer_gets_a_clear_message(model_dir, tmp_path):
+    index = tmp_path / "idx"
+    Retriever.create(index, model_dir).add(TEXTS[:3])
+    writer = _start_stalled_writer(index, tmp_path / "marker")
+    try:
+        with pytest.raises(IndexLockedError, match=f"another process is writing to this index \\(pid {writer.pid}"):
+            Retriever.open(index).add(["second writer"])
+        (tmp_path / "more").mkdir()
+        (tmp_path / "more" / "a.txt").write_text("second writer")
+        result = cli("index", tmp_path / "more", "--index", index, "--wait", "0.5")
+        assert result.exit_code == 2 and "another process is writing" in result.output
+        assert Retriever.open(index).search(TEXTS[1])[0].id == "1"  # readers are not blocked
+    finally:
+        writer.kill()
+        writer.wait()
+    assert cli("index", tmp_path / "more", "--index", index).exit_code == 0
