@@ -7,9 +7,11 @@ A checkpoint is a folder with `config.json` and weights in one of: `model.safete
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,6 +133,22 @@ def check_keys(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sour
         raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
 
 
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """Module constructors skip their weight initialisation: loading replaces the weights, and on
+    meta tensors torch's normal_ runs its reference implementation, which imports torch._dynamo
+    (a second of a cold `retriever search`)."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "zeros_", "ones_")
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    for name in names:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
 def load_checkpoint_into(
     cls: type[ModernBertPreTrainedModel],
     name_or_path: str | Path,
@@ -145,7 +163,7 @@ def load_checkpoint_into(
     if not config_path.is_file():
         raise CheckpointError(f"{directory}: no config.json")
     config = ModernBertConfig.from_json_file(config_path)
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = cls(config)
     state_dict = _match_prefix(read_state_dict(directory), is_base_model=not hasattr(model, "model"))
     check_keys(model, state_dict, str(directory))

@@ -1,4 +1,4 @@
-"""Benchmarks. `python -m evals.bench encoder|embedder|mlm` (also `retriever bench ...`).
+"""Benchmarks. `python -m evals.bench encoder|embedder|mlm|retriever` (also `retriever bench ...`).
 
 The encoder benchmark builds ModernBERT-base-shaped random weights once, saves them as a
 transformers checkpoint, and runs our encoder and `transformers.ModernBertModel`
@@ -512,6 +512,46 @@ def mlm(
     Console().print(f"MLM training, ModernBERT-base shape ({num_layers} layers), {result['dtype']}, {device}: "
                     f"packed+unpadded {result['ours_tokens_per_s']:,.0f} tokens/s vs padded "
                     f"{result['padded_tokens_per_s']:,.0f} tokens/s = [bold]{result['speedup']:.2f}x[/]")
+
+
+
+@app.command("retriever")
+def retriever_command(
+    model: str = typer.Option("default", help="Embedding model: 'default' (shipped), a folder or a hub id."),
+    docs: int = typer.Option(100_000, help="Documents of the synthetic collection (random vectors)."),
+    queries: int = typer.Option(200, help="Queries timed for warm latency."),
+    cold_runs: int = typer.Option(3, help="New `retriever search` processes timed."),
+    index_types: list[str] = typer.Option(["flat", "hnsw"], "--index-type", help="Index types of the synthetic case."),
+    scifact: Path = typer.Option(SCIFACT, help="BEIR SciFact folder for the real-model case (skipped if absent)."),
+    scifact_docs: int = typer.Option(0, help="Abstracts indexed (0: all 5,183)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Indexing throughput against the pure encoder, and warm/cold search latency (see evals/bench_retriever.py)."""
+    from evals.bench_retriever import run
+
+    with console.status("") as status:
+        report = run(model, docs, queries, cold_runs, index_types, scifact, scifact_docs,
+                     lambda text: status.update(text))
+    report["environment"] = {"device": platform.processor() or "cpu", "threads": torch.get_num_threads(),
+                             "torch": torch.__version__}
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"retriever, model {model}, cpu ({torch.get_num_threads()} threads)")
+    for column in ("case", "write/index docs/s", "encoder docs/s", "index/encoder", "encoder share",
+                   "warm p50 ms", "p99 ms", "query encode ms", "cold CLI s"):
+        table.add_column(column, justify="right")
+    for r in report["results"]:
+        table.add_row(
+            r["case"], f"{r.get('write_docs_per_s', r.get('index_docs_per_s')):,.0f}",
+            f"{r['encoder_docs_per_s']:,.1f}" if "encoder_docs_per_s" in r else "",
+            f"{r['index_vs_encoder']:.0%}" if "index_vs_encoder" in r else "",
+            f"{r['encoder_share_of_index_time']:.0%}" if "encoder_share_of_index_time" in r else "",
+            f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+            f"{r['query_encode_p50_ms']:.1f}" if "query_encode_p50_ms" in r else "",
+            f"{r['cold_cli_median_s']:.2f}" if "cold_cli_median_s" in r else "")
+    Console(width=160).print(table)
+    Console().print("targets: index >= 90% of pure encoder docs/s; warm p50 <= 30 ms at 100k docs; cold CLI <= 2 s")
 
 
 if __name__ == "__main__":

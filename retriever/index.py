@@ -32,7 +32,7 @@ import numpy as np
 
 from encoder.layout import DEFAULT_BATCH_TOKENS
 from retriever.documents import Corpus, Document, as_document
-from retriever.embedding import Chunking, EmbeddingModel
+from retriever.embedding import Chunking, EmbeddingModel, Passage
 from retriever.lexical import LexicalIndex
 from retriever.store import Store
 from retriever.vectors import VectorIndex
@@ -229,7 +229,7 @@ class Retriever:
                 self.store = Store(generation / _STORE, readonly=True)
                 self.vectors = VectorIndex.load(generation / _VECTORS, self.manifest.index_type,
                                                 self.manifest.dimension)
-                self.lexical = LexicalIndex.load(generation / _BM25)
+                self._lexical = None  # loaded by the first hybrid search
                 return
             except (FileNotFoundError, OSError):
                 self.manifest = IndexManifest.read(self.directory)
@@ -254,6 +254,19 @@ class Retriever:
             if self._model is None:
                 self._model = self._checked_model(self.manifest.model)
             return self._model
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        with self._lock:
+            if self._lexical is None:
+                try:
+                    self._lexical = LexicalIndex.load(self.directory / self.manifest.generation / _BM25)
+                except FileNotFoundError:  # a writer retired our generation since: move to the current one
+                    self.store.close()
+                    self.manifest = IndexManifest.read(self.directory)
+                    self._load_generation()
+                    self._lexical = LexicalIndex.load(self.directory / self.manifest.generation / _BM25)
+            return self._lexical
 
     @property
     def chunking(self) -> Chunking:
@@ -288,59 +301,87 @@ class Retriever:
         report.missing = [i for i in ids if i not in present]
         return report
 
+    def add_embedded(self, documents: Iterable[dict | str | Document], vectors: np.ndarray, *,
+                     wait: float = 0) -> UpdateReport:
+        """Adds documents with vectors made elsewhere, one per document (its passage: the whole text),
+        e.g. from an earlier run of the same model; they must be what the index's model would make."""
+        docs = [d if isinstance(d, Document) else as_document(d, i) for i, d in enumerate(documents)]
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(docs), self.manifest.dimension):
+            raise ValueError(f"expected vectors of shape ({len(docs)}, {self.manifest.dimension}), "
+                             f"got {vectors.shape}")
+        started = time.perf_counter()
+        with _write_lock(self.directory, wait):
+            report = self._reload_and_diff(docs, [])
+            new_ids = set(report.added)
+            report.updated = [d.id for d in docs if d.id not in new_ids]  # given vectors replace the old ones
+            report.unchanged = 0
+            passages = [Passage(i, 0, len(d.text)) for i, d in enumerate(docs)]
+            self._commit(docs, vectors, passages, report)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _reload_and_diff(self, documents: list[Document], deletions: list[str]) -> UpdateReport:
+        """Under the lock: the latest generation loaded, and what `documents` change in it."""
+        self.manifest = IndexManifest.read(self.directory)  # another writer may have committed
+        self.store.close()
+        self._load_generation()
+        hashes = self.store.hashes()
+        report = UpdateReport()
+        report.added = [d.id for d in documents if d.id not in hashes]
+        report.updated = [d.id for d in documents if d.id in hashes and hashes[d.id] != d.content_hash]
+        report.unchanged = len(documents) - len(report.added) - len(report.updated)
+        report.removed = [i for i in deletions if i in hashes]
+        return report
+
     def _update(self, documents: list[Document], deletions: list[str], show_progress: bool,
                 wait: float) -> UpdateReport:
         started = time.perf_counter()
-        report = UpdateReport()
         with _write_lock(self.directory, wait):
-            self.manifest = IndexManifest.read(self.directory)  # another writer may have committed
-            self.store.close()
-            self._load_generation()
-            hashes = self.store.hashes()
-            changed = [d for d in documents if hashes.get(d.id) != d.content_hash]
-            report.unchanged = len(documents) - len(changed)
-            report.added = [d.id for d in changed if d.id not in hashes]
-            report.updated = [d.id for d in changed if d.id in hashes]
-            report.removed = [i for i in deletions if i in hashes]
-            if not changed and not report.removed:
-                report.seconds = time.perf_counter() - started
-                return report
-
-            encode_started = time.perf_counter()
-            vectors, passages = self._embed(changed, show_progress, report)
-            report.encode_seconds = time.perf_counter() - encode_started
-
-            with _next_generation(self.directory) as (generation, name):
-                store = self.store.copy_to(generation / _STORE)
-                index = VectorIndex.load(self.directory / self.manifest.generation / _VECTORS,
-                                         self.manifest.index_type, self.manifest.dimension)
-                index.remove(store.chunk_ids(report.updated + report.removed))
-                store.delete(report.removed)
-                spans: list[list[tuple[int, int]]] = [[] for _ in changed]
-                for passage in passages:
-                    spans[passage.doc].append((passage.start, passage.end))
-                next_id = store.next_chunk_id()
-                chunk_ids = []
-                for doc, doc_spans in zip(changed, spans):
-                    chunk_ids.extend(store.put(doc, doc_spans, next_id))
-                    next_id += len(doc_spans)
-                # passages come in document order, as chunk ids were handed out
-                index.add(np.asarray(chunk_ids, dtype=np.int64), vectors)
-                store.commit()
-                LexicalIndex.build(store.chunk_texts()).save(generation / _BM25)
-                index.save(generation / _VECTORS)
-                documents_count, chunks_count = store.counts()
-                store.close()
-                manifest = IndexManifest(**{**asdict(self.manifest), "documents": documents_count,
-                                            "chunks": chunks_count, "updated": _now(), "versions": _versions()})
-                manifest.generation = name
-            manifest.write(self.directory)
-            self.manifest = manifest
-            self.store.close()
-            self._load_generation()
-            _retire_generations(self.directory, keep=manifest.generation)
+            report = self._reload_and_diff(documents, deletions)
+            changing = set(report.added + report.updated)
+            changed = [d for d in documents if d.id in changing]
+            if changed or report.removed:
+                encode_started = time.perf_counter()
+                vectors, passages = self._embed(changed, show_progress, report)
+                report.encode_seconds = time.perf_counter() - encode_started
+                self._commit(changed, vectors, passages, report)
         report.seconds = time.perf_counter() - started
         return report
+
+    def _commit(self, changed: list[Document], vectors: np.ndarray, passages: list[Passage],
+                report: UpdateReport) -> None:
+        """Writes the next generation (changed documents in, replaced and removed ones out) and
+        makes it current. Called under the write lock."""
+        with _next_generation(self.directory) as (generation, name):
+            store = self.store.copy_to(generation / _STORE)
+            index = VectorIndex.load(self.directory / self.manifest.generation / _VECTORS,
+                                     self.manifest.index_type, self.manifest.dimension)
+            index.remove(store.chunk_ids(report.updated + report.removed))
+            store.delete(report.removed)
+            spans: list[list[tuple[int, int]]] = [[] for _ in changed]
+            for passage in passages:
+                spans[passage.doc].append((passage.start, passage.end))
+            next_id = store.next_chunk_id()
+            chunk_ids = []
+            for doc, doc_spans in zip(changed, spans):
+                chunk_ids.extend(store.put(doc, doc_spans, next_id))
+                next_id += len(doc_spans)
+            # passages come in document order, as chunk ids were handed out
+            index.add(np.asarray(chunk_ids, dtype=np.int64), vectors)
+            store.commit()
+            LexicalIndex.build(store.chunk_texts()).save(generation / _BM25)
+            index.save(generation / _VECTORS)
+            documents_count, chunks_count = store.counts()
+            store.close()
+            manifest = IndexManifest(**{**asdict(self.manifest), "documents": documents_count,
+                                        "chunks": chunks_count, "updated": _now(), "versions": _versions()})
+            manifest.generation = name
+        manifest.write(self.directory)
+        self.manifest = manifest
+        self.store.close()
+        self._load_generation()
+        _retire_generations(self.directory, keep=manifest.generation)
 
     def _embed(self, documents: list[Document], show_progress: bool, report: UpdateReport):
         if not documents:

@@ -1,4 +1,5 @@
-"""Chunks -> BM25 (bm25s, English stemming and stop words), for hybrid search.
+"""Chunks -> BM25 (bm25s, English stemming and stop words), for hybrid search. bm25s is imported
+when first needed: a dense `retriever search` does without it.
 
 bm25s builds its index in one pass and cannot add to it, so every write of the index rebuilds it
 from the chunk texts in the store (about a second per 10k chunks); the chunk ids, in the order of
@@ -10,20 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import bm25s
 import numpy as np
-import Stemmer
 
-_STEMMER = Stemmer.Stemmer("english")
 _CHUNK_IDS = "chunk_ids.npy"
 
 
 def _tokenize(texts: list[str]):
-    return bm25s.tokenize(texts, stopwords="en", stemmer=_STEMMER, show_progress=False)
+    import bm25s
+    import Stemmer
+
+    return bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
 
 
 class LexicalIndex:
-    def __init__(self, bm25: bm25s.BM25 | None, chunk_ids: np.ndarray):
+    def __init__(self, bm25, chunk_ids: np.ndarray):
         self.bm25 = bm25  # None: no chunks
         self.chunk_ids = chunk_ids
 
@@ -35,6 +36,8 @@ class LexicalIndex:
             texts.append(text)
         if not texts:
             return cls(None, np.zeros(0, np.int64))
+        import bm25s
+
         bm25 = bm25s.BM25()
         bm25.index(_tokenize(texts), show_progress=False)
         return cls(bm25, np.asarray(ids, dtype=np.int64))
@@ -50,6 +53,8 @@ class LexicalIndex:
         chunk_ids = np.load(directory / _CHUNK_IDS)
         if not len(chunk_ids):
             return cls(None, chunk_ids)
+        import bm25s
+
         return cls(bm25s.BM25.load(str(directory), mmap=True, show_progress=False), chunk_ids)
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:

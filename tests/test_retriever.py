@@ -152,6 +152,18 @@ def test_unchanged_documents_are_not_embedded_again(model_dir, tmp_path):
     assert index.info()["chunks"] == 2
 
 
+def test_add_embedded_takes_vectors_made_elsewhere(model_dir, tmp_path):
+    index = Retriever.create(tmp_path / "idx", model_dir)
+    model = EmbeddingModel.load(model_dir)
+    vectors, _ = model.encode_documents(TEXTS[:4])
+    index.add_embedded([{"id": f"e{i}", "text": t} for i, t in enumerate(TEXTS[:4])], vectors)
+    index.add_embedded([{"id": "e0", "text": TEXTS[0]}], vectors[:1])  # replaced, not duplicated
+    assert index.info()["chunks"] == 4 and index.vectors.ntotal == 4
+    assert index.search(TEXTS[2])[0].id == "e2"
+    with pytest.raises(ValueError, match="shape"):
+        index.add_embedded(["x"], vectors)
+
+
 @pytest.mark.parametrize("index_type", ["hnsw", "flat"])
 def test_index_types_search_and_remove(model_dir, tmp_path, index_type):
     index = Retriever.create(tmp_path / "idx", model_dir, index_type=index_type)

@@ -1,0 +1,125 @@
+"""The retriever benchmark (`retriever bench retriever`): indexing throughput and search latency.
+
+(1) Synthetic: `docs` documents of random words with random unit vectors (the model's dimension),
+    written with `Retriever.add_embedded` into a flat and an HNSW index. Then, for each index:
+    warm search latency from Python (`Retriever.search`, query encoding with the model included;
+    p50/p99 over `queries` queries) and cold `retriever search` wall time (a new process each run:
+    imports, model load, index load, query, output).
+(2) SciFact with the real model: pure encoder throughput (`EmbeddingModel.encode_documents` on the
+    abstracts) against `Retriever.add` of the same documents (reading nothing from disk: the
+    documents are in memory in both), and the share of `add`'s time spent in the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+WORDS = ("retrieval encoder protein cell vaccine dose trial patient model data search index query document "
+         "window attention token river engine market garden letter bridge machine forest valley council").split()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _texts(count: int, rng: np.random.Generator, low: int = 10, high: int = 60) -> list[str]:
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(low, high)))) for _ in range(count)]
+
+
+def warm_latency_ms(retriever, queries: list[str], k: int = 10) -> dict[str, float]:
+    retriever.search(queries[0], k=k)  # first call: lazy loads
+    times = []
+    for query in queries:
+        started = time.perf_counter()
+        retriever.search(query, k=k)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": _percentile(times, 50), "p99_ms": _percentile(times, 99)}
+
+
+def cold_cli_seconds(index_dir: Path, query: str, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "retriever.cli", "search", query, "--index", str(index_dir), "--json"],
+                       check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def synthetic(model_name: str, docs: int, queries: int, cold_runs: int, index_types: list[str],
+              workdir: Path, status) -> list[dict]:
+    from retriever import Retriever
+
+    rng = np.random.default_rng(0)
+    texts = _texts(docs, rng)
+    query_texts = _texts(queries, rng, 3, 12)
+    results = []
+    for index_type in index_types:
+        index_dir = workdir / f"synthetic-{index_type}"
+        retriever = Retriever.create(index_dir, model_name, index_type=index_type)
+        vectors = rng.standard_normal((docs, retriever.manifest.dimension)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        status(f"synthetic {index_type}: writing {docs:,} documents")
+        report = retriever.add_embedded([{"id": f"s{i}", "text": t} for i, t in enumerate(texts)], vectors)
+        status(f"synthetic {index_type}: warm search")
+        latency = warm_latency_ms(retriever, query_texts)
+        encode_times = []
+        for query in query_texts:
+            started = time.perf_counter()
+            retriever.model.encode_queries([query])
+            encode_times.append((time.perf_counter() - started) * 1000)
+        status(f"synthetic {index_type}: cold CLI search")
+        cold = cold_cli_seconds(index_dir, query_texts[0], cold_runs)
+        results.append({
+            "case": f"synthetic {docs:,} docs, {index_type}", "documents": docs,
+            "write_seconds": report.seconds, "write_docs_per_s": docs / report.seconds,
+            **latency, "query_encode_p50_ms": _percentile(encode_times, 50),
+            "cold_cli_median_s": statistics.median(cold), "cold_cli_runs_s": cold,
+        })
+    return results
+
+
+def scifact(model_name: str, directory: Path, limit: int, queries: int, workdir: Path, status) -> dict:
+    from retriever import Retriever
+    from retriever.embedding import Chunking
+
+    rows = [json.loads(line) for line in (directory / "corpus.jsonl").open()]
+    rows = rows[:limit] if limit else rows
+    documents = [{"id": r["_id"], "title": r.get("title", ""), "text": r["text"]} for r in rows]
+    query_texts = [json.loads(line)["text"] for line in (directory / "queries.jsonl").open()][:queries]
+
+    retriever = Retriever.create(workdir / "scifact", model_name)
+    model = retriever.model
+    status(f"SciFact: pure encoder on {len(documents):,} abstracts")
+    model.encode_documents([documents[0]["text"]])  # warm-up
+    started = time.perf_counter()
+    model.encode_documents([d["text"] for d in documents], Chunking(), retriever.batch_tokens)
+    encoder_seconds = time.perf_counter() - started
+    status(f"SciFact: Retriever.add of {len(documents):,} abstracts")
+    report = retriever.add(documents)
+    latency = warm_latency_ms(retriever, query_texts)
+    return {
+        "case": f"SciFact {len(documents):,} abstracts", "documents": len(documents),
+        "encoder_docs_per_s": len(documents) / encoder_seconds,
+        "index_docs_per_s": len(documents) / report.seconds,
+        "index_vs_encoder": encoder_seconds / report.seconds,
+        "encoder_share_of_index_time": report.encode_seconds / report.seconds,
+        "index_seconds": report.seconds, "tokens": report.tokens, **latency,
+    }
+
+
+def run(model_name: str, docs: int, queries: int, cold_runs: int, index_types: list[str], scifact_dir: Path | None,
+        scifact_docs: int, status) -> dict:
+    with tempfile.TemporaryDirectory() as workdir:
+        results = synthetic(model_name, docs, queries, cold_runs, index_types, Path(workdir), status)
+        if scifact_dir is not None and (scifact_dir / "corpus.jsonl").is_file():
+            results.append(scifact(model_name, scifact_dir, scifact_docs, queries, Path(workdir), status))
+    return {"model": model_name, "results": results}
