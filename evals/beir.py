@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from retriever.index import RRF_K
+from retriever.index import reciprocal_rank_fusion as _fuse
+
 Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
 Qrels = dict[str, dict[str, int]]  # query id -> {doc id: relevance}
 
@@ -25,7 +28,6 @@ METRICS = {
     "recall_at_100": "recall.100",
     "map_at_100": "map_cut.100",
 }
-RRF_K = 60
 
 
 class BeirFormatError(ValueError):
@@ -124,15 +126,12 @@ def bm25_run(dataset: BeirDataset, k: int = 100) -> Run:
 
 
 def reciprocal_rank_fusion(runs: list[Run], k: int = 100, rrf_k: int = RRF_K) -> Run:
-    """score(d) = sum over runs of 1 / (rrf_k + rank of d in that run), ranks from 1."""
+    """score(d) = sum over runs of 1 / (rrf_k + rank of d in that run), ranks from 1 (the retriever's
+    fusion, applied per query)."""
     fused: Run = {}
     for qid in set().union(*runs):
-        scores: dict[str, float] = {}
-        for run in runs:
-            ranked = sorted(run.get(qid, {}).items(), key=lambda item: -item[1])
-            for rank, (doc_id, _) in enumerate(ranked, 1):
-                scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (rrf_k + rank)
-        fused[qid] = dict(sorted(scores.items(), key=lambda item: -item[1])[:k])
+        rankings = [[doc for doc, _ in sorted(run.get(qid, {}).items(), key=lambda item: -item[1])] for run in runs]
+        fused[qid] = dict(_fuse(rankings, rrf_k)[:k])
     return fused
 
 
