@@ -68,12 +68,18 @@ class Corpus:
 
 
 def as_document(item: dict | str, position: int) -> Document:
-    """A document from the Python API: a string, or a dict with id/_id, text, title, metadata."""
+    """A document from the Python API: a string, or a dict with id/_id, text, title, metadata.
+    Without an id, its id is a digest of its text: adding the same text again changes nothing."""
     if isinstance(item, str):
         item = {"text": item}
     if not isinstance(item, dict):
         raise TypeError(f"document {position}: expected a dict or a str, got {type(item).__name__}")
-    return _record_document(dict(item), source="", default_id=str(position), where=f"document {position}")
+    text = item.get("text")
+    default_id = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16] if isinstance(text, str) else ""
+    try:
+        return _record_document(dict(item), source="", default_id=default_id, where=f"document {position}")
+    except ValueError as e:
+        raise ValueError(f"document {position}: {e}") from None
 
 
 def read_corpus(paths: list[str | Path]) -> Corpus:
