@@ -1,7 +1,7 @@
 """Documents -> tokens -> encoder -> vectors, for indexing and for queries.
 
 `EmbeddingModel` opens a ModernBERT embedding model in the sentence-transformers layout
-(Transformer, Pooling with mean or CLS, optional Normalize) with our encoder and the model's own
+(Transformer, Pooling with mean or CLS, optional Dense and Normalize) with our encoder and the model's own
 `tokenizer.json`, and pools the packed token states itself. It gives the vectors that
 `encoder.load_embedder(...).encode` gives (tests hold the two together), without importing
 sentence-transformers, whose import alone would take longer than a cold `retriever search` may.
@@ -69,14 +69,15 @@ class _Input:
 
 class EmbeddingModel:
     def __init__(self, directory: Path, name: str, model: ModernBertModel, tokenizer, *, pooling: str,
-                 include_prompt: bool, normalize: bool, prompts: dict[str, str], max_length: int,
-                 lowercase: bool):
+                 include_prompt: bool, dense: list[_Dense], normalize: bool, prompts: dict[str, str],
+                 max_length: int, lowercase: bool):
         self.directory = directory
         self.name = name
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.include_prompt = include_prompt
+        self.dense = dense
         self.normalize = normalize
         self.prompts = prompts
         self.max_length = max_length
@@ -87,7 +88,7 @@ class EmbeddingModel:
 
     @property
     def dimension(self) -> int:
-        return self.model.config.hidden_size
+        return self.dense[-1].weight.shape[0] if self.dense else self.model.config.hidden_size
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | None = None, max_length: int | None = None
@@ -97,6 +98,7 @@ class EmbeddingModel:
         directory = resolve_embedder_dir(name_or_path)
         modules_path = directory / "modules.json"
         pooling, include_prompt, normalize, transformer_path = "mean", True, False, ""
+        dense: list[_Dense] = []
         if modules_path.is_file():
             for entry in json.loads(modules_path.read_text()):
                 kind = entry["type"].rsplit(".", 1)[-1]
@@ -104,11 +106,14 @@ class EmbeddingModel:
                     transformer_path = entry["path"]
                 elif kind == "Pooling":
                     pooling, include_prompt = _pooling(directory / entry["path"] / "config.json")
+                elif kind == "Dense":
+                    dense.append(_Dense.load(directory / entry["path"], device or "cpu"))
                 elif kind == "Normalize":
                     normalize = True
                 else:
                     raise CheckpointError(f"{modules_path}: module {entry['type']} is not supported by the "
-                                          "retriever (Transformer, Pooling (mean or CLS) and Normalize are)")
+                                          "retriever (Transformer, Pooling (mean or CLS), Dense and Normalize "
+                                          "are)")
         transformer_dir = directory / transformer_path
         tokenizer_file = transformer_dir / "tokenizer.json"
         if not tokenizer_file.is_file():
@@ -123,7 +128,8 @@ class EmbeddingModel:
         limit = min(filter(None, [max_length, module_config.get("max_seq_length"),
                                   model.config.max_position_embeddings]))
         return cls(directory, str(name_or_path), model, Tokenizer.from_file(str(tokenizer_file)),
-                   pooling=pooling, include_prompt=include_prompt, normalize=normalize, prompts=prompts,
+                   pooling=pooling, include_prompt=include_prompt, dense=dense, normalize=normalize,
+                   prompts=prompts,
                    max_length=limit, lowercase=bool(module_config.get("do_lower_case")))
 
     def fingerprint(self) -> str:
@@ -241,6 +247,8 @@ class EmbeddingModel:
             sums = hidden.new_zeros(len(keys), hidden.shape[1]).index_add_(0, segment_t[rows], hidden[rows])
             counts = torch.bincount(segment_t[rows], minlength=len(keys)).clamp(min=1)
             pooled = sums / counts[:, None]
+            for layer in self.dense:
+                pooled = layer(pooled)
             if self.normalize:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
             pooled = pooled.cpu().numpy()
@@ -267,6 +275,33 @@ class EmbeddingModel:
         total = sum(len(x.ids) for x in inputs)
         advance = (lambda n: progress(n, total)) if progress else None
         return self._run(inputs, self.prompts.get("document", ""), batch_tokens, advance)
+
+
+class _Dense:
+    """sentence-transformers' Dense module: a linear layer and an activation (identity or tanh)."""
+
+    _ACTIVATIONS = {"torch.nn.modules.linear.Identity": None, "torch.nn.modules.activation.Tanh": torch.tanh}
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activation):
+        self.weight, self.bias, self.activation = weight, bias, activation
+
+    @classmethod
+    def load(cls, directory: Path, device: str) -> _Dense:
+        from safetensors.torch import load_file
+
+        config = _json(directory / "config.json")
+        name = config.get("activation_function", "torch.nn.modules.linear.Identity")
+        if name not in cls._ACTIVATIONS:
+            raise CheckpointError(f"{directory}: Dense activation {name} is not supported (identity or tanh are)")
+        weights_path = directory / "model.safetensors"
+        if not weights_path.is_file():
+            raise CheckpointError(f"{directory}: no model.safetensors")
+        weights = load_file(weights_path, device=device)
+        return cls(weights["linear.weight"].float(), weights.get("linear.bias"), cls._ACTIVATIONS[name])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.linear(x, self.weight, None if self.bias is None else self.bias.float())
+        return self.activation(x) if self.activation else x
 
 
 def _json(path: Path) -> dict:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.modules import Normalize, Transformer
+from sentence_transformers.base.modules import Dense, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 from typer.testing import CliRunner
 
@@ -31,9 +32,13 @@ from tests.conftest import WORDS, make_corpus
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def st_layout(checkpoint_dir, path: Path, pooling: str, prompts: dict | None) -> Path:
+def st_layout(checkpoint_dir, path: Path, pooling: str, prompts: dict | None, dense: bool = False) -> Path:
     transformer = Transformer(str(checkpoint_dir), max_seq_length=4096)
-    modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling), Normalize()]
+    modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]
+    if dense:
+        torch.manual_seed(0)
+        modules.append(Dense(transformer.get_embedding_dimension(), 32, activation_function=torch.nn.Tanh()))
+    modules.append(Normalize())
     SentenceTransformer(modules=modules, prompts=prompts, device="cpu").save(str(path))
     return path
 
@@ -51,6 +56,12 @@ def cls_model_dir(checkpoint_dir, tmp_path_factory) -> Path:
 
 
 # at least 15 words each, so that the query prompt does not outweigh a text searched for itself
+@pytest.fixture(scope="module")
+def dense_model_dir(checkpoint_dir, tmp_path_factory) -> Path:
+    """Mean pooling, then a Dense projection (64 -> 32, tanh), normalised."""
+    return st_layout(checkpoint_dir, tmp_path_factory.mktemp("st_dense"), "mean", None, dense=True)
+
+
 TEXTS = [t for t in make_corpus(120, 7) if len(t.split()) >= 15][:30]
 LONG = " ".join(WORDS * 20)  # ~2k tokens
 
@@ -70,7 +81,7 @@ def write_corpus(folder: Path) -> Path:
 
 # ---- embedding ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", ["model_dir", "cls_model_dir"])
+@pytest.mark.parametrize("layout", ["model_dir", "cls_model_dir", "dense_model_dir"])
 def test_vectors_equal_the_sentence_transformers_embedder(layout, request):
     path = request.getfixturevalue(layout)
     ours = EmbeddingModel.load(path)
