@@ -106,3 +106,23 @@ def distill(
     from recipes.distill import DistillConfig, train_distill
 
     _run_sentence_transformers_recipe(DistillConfig, train_distill, config, show_config)
+
+
+@app.command("default-model")
+def default_model(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML or TOML file; keys as in `--show-config`."),
+    show_config: bool = typer.Option(False, "--show-config", help="Print every key, its default and meaning."),
+) -> None:
+    """The shipped default model: data bundle, distillation from all-MiniLM-L6-v2, contrastive, retriever/default_model."""
+    from recipes.default_model import DefaultModelConfig, train_default_model
+
+    if show_config:
+        typer.echo(DefaultModelConfig.describe())
+        return
+    try:
+        run = DefaultModelConfig.from_file(config) if config else DefaultModelConfig()
+        final = train_default_model(run)
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"model saved in {final}")

@@ -41,6 +41,8 @@ class ContrastiveConfig(RecipeConfig):
     eval_split: str = option("dev", "qrels split of eval_data.")
     max_pairs: int = option(0, "Use at most this many pairs (0: all).")
     seed: int = option(0, "Seed of data order and mining.")
+    dtype: str = option("float32", "Weights while training: float32 (also on a GPU: the optimizer updates them in "
+                                   "place) or bfloat16.")
 
 
 def read_pairs(sources: list[str], max_pairs: int = 0) -> list[dict[str, str]]:
@@ -94,8 +96,11 @@ def mine_hard_negatives(model, pairs: list[dict[str, str]], count: int, skip: in
     return mined
 
 
-def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | None = None):
-    """Fine-tunes config.model on the pairs; returns the trained model (also saved in output_dir/final)."""
+def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | None = None,
+                      callbacks: list | None = None):
+    """Fine-tunes config.model on the pairs; returns the trained model (also saved in output_dir/final).
+
+    `callbacks`: extra transformers TrainerCallbacks (e.g. a time budget)."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
@@ -109,7 +114,7 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
 
     if config.loss not in ("mnrl", "cached_mnrl"):
         raise ValueError(f"loss must be mnrl or cached_mnrl, got {config.loss!r}")
-    model = load_embedder(config.model, max_length=config.max_length)
+    model = load_embedder(config.model, max_length=config.max_length, dtype=getattr(torch, config.dtype))
     query_prompt = config.query_prompt or model.prompts.get("query") or None
     document_prompt = config.document_prompt or model.prompts.get("document") or None
     pairs = pairs if pairs is not None else read_pairs(config.data, config.max_pairs)
@@ -142,7 +147,7 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
         prompts={c: p for c, p in prompts.items() if p},
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
-                                         evaluator=evaluator)
+                                         evaluator=evaluator, callbacks=callbacks)
     trainer.train()
     final = save_final(model, config)
     if evaluator is not None:

@@ -36,6 +36,8 @@ class DistillConfig(RecipeConfig):
     lr: float = option(1e-4, "Peak learning rate (linear warmup then decay).")
     warmup_ratio: float = option(0.05, "Share of steps spent warming the learning rate up.")
     seed: int = option(0, "Seed of the data order.")
+    dtype: str = option("float32", "Weights while training: float32 (also on a GPU: the optimizer updates them in "
+                                   "place) or bfloat16.")
 
 
 def teacher_embeddings(teacher, texts: list[str], cache_dir: Path, teacher_name: str) -> torch.Tensor:
@@ -48,7 +50,7 @@ def teacher_embeddings(teacher, texts: list[str], cache_dir: Path, teacher_name:
     path = cache_dir / f"{digest.hexdigest()[:24]}.safetensors"
     if path.is_file():
         return load_file(path)["embeddings"]
-    embeddings = teacher.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
+    embeddings = teacher.encode(texts, batch_size=256, convert_to_tensor=True, normalize_embeddings=True,
                                 show_progress_bar=True).float().cpu()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -78,8 +80,10 @@ class DistillLoss(nn.Module):
         return loss
 
 
-def train_distill(config: DistillConfig, texts: list[str] | None = None):
-    """Distils config.teacher into config.student; returns the student (also saved in output_dir/final)."""
+def train_distill(config: DistillConfig, texts: list[str] | None = None, callbacks: list | None = None):
+    """Distils config.teacher into config.student; returns the student (also saved in output_dir/final).
+
+    `callbacks`: extra transformers TrainerCallbacks (e.g. a time budget)."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.base.modules import Dense
@@ -97,13 +101,15 @@ def train_distill(config: DistillConfig, texts: list[str] | None = None):
     targets = teacher_embeddings(teacher, texts, cache_dir, config.teacher)
     del teacher
 
-    student = load_embedder(config.student, max_length=config.max_length)
+    student = load_embedder(config.student, max_length=config.max_length, dtype=getattr(torch, config.dtype))
     use_mse = config.loss in ("mse", "both")
     if use_mse and student.get_embedding_dimension() != targets.shape[1]:
-        student.append(Dense(student.get_embedding_dimension(), targets.shape[1],
+        # linear, no bias: a later step can fold it into a square map with the same similarities
+        student.append(Dense(student.get_embedding_dimension(), targets.shape[1], bias=False,
                              activation_function=nn.Identity()).to(student.device))
     dataset = Dataset.from_dict({"text": texts, "label": targets.tolist()})
     loss = DistillLoss(student, mse=use_mse, similarity=config.loss in ("similarity", "both"))
-    SentenceTransformerTrainer(model=student, args=trainer_arguments(config), train_dataset=dataset, loss=loss).train()
+    SentenceTransformerTrainer(model=student, args=trainer_arguments(config), train_dataset=dataset, loss=loss,
+                               callbacks=callbacks).train()
     save_final(student, config)
     return student

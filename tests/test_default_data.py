@@ -1,0 +1,137 @@
+"""The default model's data builder, long-document assembly, projection folding and the man-page set."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import shutil
+
+import pytest
+import torch
+
+from recipes import default_data
+from recipes.default_model import fold_projection, long_pairs
+
+TRANSLATIONS = """Package: hello
+Description-md5: 0
+Description-en: example package based on GNU hello
+ The GNU hello program produces a familiar, friendly greeting.
+ .
+ It allows non-programmers to use a classic computer science tool.
+
+Package: nothing
+Description-md5: 1
+"""
+
+
+def test_parse_translations():
+    assert list(default_data.parse_translations(TRANSLATIONS)) == [(
+        "example package based on GNU hello",
+        "The GNU hello program produces a familiar, friendly greeting.\n"
+        "It allows non-programmers to use a classic computer science tool.",
+    )]
+
+
+def _write_pairs(path, rows):
+    path.mkdir(parents=True)
+    with gzip.open(path / "pairs.jsonl.gz", "wt", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def test_shared_pairs_caps_sources_and_keeps_articles_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(default_data, "PAIR_CAPS", {"medquad": 3})
+    monkeypatch.setattr(default_data, "WIKIPEDIA_ARTICLES", 2)
+    _write_pairs(tmp_path / "medquad", [{"query": f"q{i}", "positive": f"answer {i}"} for i in range(10)])
+    wiki = []
+    for title in ("Alpha", "Beta", "Gamma"):
+        wiki += [{"query": f"{title}: History", "positive": f"{title} history."},
+                 {"query": title, "positive": f"{title} is a letter."}]
+    wiki.append({"query": "Delta: Use", "positive": "no lead: never picked"})
+    _write_pairs(tmp_path / "wikipedia_en", wiki)
+
+    pairs = default_data.shared_pairs(tmp_path, random.Random(0))
+    assert sum(p["source"] == "medquad" for p in pairs) == 3
+    articles = [p for p in pairs if p["source"] == "wikipedia_en"]
+    assert len(articles) == 4 and len({p["group"] for p in articles}) == 2
+    assert all(p["group"] != "Delta" for p in articles)
+    lead = next(i for i, p in enumerate(articles) if p["query"] == p["group"])
+    assert articles[lead + 1]["group"] == articles[lead]["group"]  # lead first, then its sections
+
+
+def test_cut_ends_at_a_boundary():
+    text = "One sentence here. " * 20
+    cut = default_data._cut(text, 100)
+    assert len(cut) <= 100 and cut.endswith(".")
+
+
+def test_long_pairs_hide_the_article_among_others():
+    pairs = [{"query": t, "positive": f"{t} lead text " * 50, "group": t} for t in "ABCDEFGH"]
+    pairs += [{"query": f"{t}: Part", "positive": f"{t} section text " * 50, "group": t} for t in "ABCDEFGH"]
+    man = [{"query": "list directory contents", "text": "ls lists files", "name": "ls.1"}]
+    result = long_pairs(pairs, man, count=4, max_length=2048, rng=random.Random(0))
+    assert result[0] == {"query": "list directory contents", "positive": "ls lists files"}
+    for row in result[1:]:
+        title = row["query"].split(": ")[0]
+        assert f"{title} lead text" in row["positive"]
+        assert len(row["positive"]) <= 2048 * 4
+
+
+def test_fold_projection_keeps_similarities():
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense
+
+    torch.manual_seed(0)
+    model = SentenceTransformer(modules=[Dense(8, 12, bias=False, activation_function=torch.nn.Identity())],
+                                device="cpu")
+    x = torch.randn(5, 8)
+    before = model[0]({"sentence_embedding": x})["sentence_embedding"].detach()
+    fold_projection(model)
+    after = model[0]({"sentence_embedding": x})["sentence_embedding"].detach()
+    assert after.shape == (5, 8)
+    torch.testing.assert_close(after @ after.T, before @ before.T, rtol=1e-4, atol=1e-4)
+
+
+def test_held_out_fifth_is_fixed():
+    names = [f"page{i}.1" for i in range(2000)]
+    held = [n for n in names if default_data_is_held_out(n)]
+    assert held == [n for n in names if default_data_is_held_out(n)]
+    assert 300 < len(held) < 500
+
+
+def default_data_is_held_out(name: str) -> bool:
+    from evals.longdocs import is_held_out
+
+    return is_held_out(name)
+
+
+PAGE = r""".TH FROB 1 "2024" "frob 1.0" "User Commands"
+.SH NAME
+frob \- twiddle the bits of a file until they are pleasing
+.SH SYNOPSIS
+.B frob
+[\fIFILE\fR]
+.SH DESCRIPTION
+.B frob
+reads each FILE and rearranges its bits. """ + "It is careful about it. " * 300 + "\n"
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="needs man-db")
+def test_longdocs_set_from_man_pages(tmp_path):
+    from evals.beir import load_beir
+    from evals.longdocs import build, is_held_out
+
+    names = [f"frob{i}" for i in range(40)]
+    held = [n for n in names if is_held_out(f"{n}.1")]
+    (tmp_path / "man" / "man1").mkdir(parents=True)
+    for n in names:
+        (tmp_path / "man" / "man1" / f"{n}.1").write_text(PAGE.replace("twiddle", f"twiddle {n}"))
+    summary = build(tmp_path / "set", root=tmp_path / "man", min_chars=1000)
+    assert summary["queries"] == len(held) > 0
+    dataset = load_beir(tmp_path / "set")
+    assert sorted(dataset.corpus) == sorted(f"{n}.1" for n in held)
+    query = next(iter(dataset.queries.values()))
+    assert query.startswith("twiddle frob") and "frob -" not in query
+    document = next(iter(dataset.corpus.values()))
+    assert "SYNOPSIS" in document and "twiddle" not in document
