@@ -1,7 +1,8 @@
 """Files -> documents: what `retriever index PATH...` reads, and what it could not read.
 
 A folder is walked recursively. Plain files (`.txt`, `.md`, `.rst`, `.html`/`.htm`) are one
-document each, whose id is the path relative to the folder given. Record files (`.jsonl`,
+document each, whose id is the path relative to the folder given (a file given itself: its path
+as given). Record files (`.jsonl`,
 `.json`, `.csv`, `.parquet`) hold one document per row with `_id` or `id`, `title` and `text`
 columns; other columns become the document's metadata. A folder holding `corpus.jsonl` is a BEIR
 folder: only its corpus is read (never its queries). JSON Lines are read line by line so that a
@@ -102,7 +103,7 @@ def read_corpus(paths: list[str | Path]) -> Corpus:
 def _files(path: Path) -> Iterator[tuple[Path, str]]:
     """(file, id of a plain document there) for each readable kind of file under `path`."""
     if path.is_file():
-        yield path, path.name
+        yield path, path.as_posix()  # as given: two README.md of different folders stay apart
         return
     if (path / "corpus.jsonl").is_file():
         yield path / "corpus.jsonl", "corpus.jsonl"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,22 @@ def test_embedder_benchmark_runs_and_reports_json():
     report = json.loads(result.stdout)
     assert report["docs"] == 13 and report["ours_docs_per_s"] > 0 and report["stock_docs_per_s"] > 0
     assert report["max_abs_diff"] < 1e-4
+
+
+def test_readme_first_command_indexes_and_searches_with_the_shipped_model(tmp_path):
+    """The README's first command after its install step, as written, into a temporary index."""
+    readme = (ROOT / "README.md").read_text()
+    first = readme.split("```bash\n", 1)[1].splitlines()[0]
+    steps = first.split(" && ")
+    assert steps[0] == "bash scripts/install.sh" and len(steps) == 3
+    retriever = str(Path(sys.executable).parent / "retriever")
+    env = {**os.environ, "RETRIEVER_INDEX": str(tmp_path / "index"), "HF_HUB_OFFLINE": "1"}
+    outputs = []
+    for step in steps[1:]:
+        assert step.startswith(".venv/bin/retriever ")
+        result = subprocess.run(step.replace(".venv/bin/retriever", retriever, 1), shell=True, cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout + result.stderr)
+    assert "2 added" in " ".join(outputs[0].split())
+    assert "README.md" in outputs[1] and "rank" in outputs[1]
