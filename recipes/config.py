@@ -47,7 +47,8 @@ class RecipeConfig:
 
 def trainer_arguments(config, **extra):
     """sentence-transformers' training arguments from a recipe's shared keys (output_dir, epochs,
-    max_steps, batch_size, lr, warmup_ratio, seed); the recipe saves the final model itself."""
+    max_steps, batch_size, lr, warmup_ratio, seed, dataloader_workers); the recipe saves the final
+    model itself."""
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -55,7 +56,7 @@ def trainer_arguments(config, **extra):
         output_dir=config.output_dir, num_train_epochs=config.epochs, max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size, learning_rate=config.lr, warmup_ratio=config.warmup_ratio,
         seed=config.seed, save_strategy="no", logging_steps=10, report_to="none",
-        use_cpu=not torch.cuda.is_available(), **extra,
+        dataloader_num_workers=config.dataloader_workers, use_cpu=not torch.cuda.is_available(), **extra,
     )
 
 

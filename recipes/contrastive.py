@@ -41,6 +41,8 @@ class ContrastiveConfig(RecipeConfig):
     eval_split: str = option("dev", "qrels split of eval_data.")
     max_pairs: int = option(0, "Use at most this many pairs (0: all).")
     seed: int = option(0, "Seed of data order and mining.")
+    dataloader_workers: int = option(0, "Processes that fetch and tokenize batches (0: the training process). "
+                                        "On a GPU, tokenizing long texts can take longer than the step itself.")
     dtype: str = option("float32", "Weights while training: float32 (also on a GPU: the optimizer updates them in "
                                    "place) or bfloat16.")
 

@@ -36,6 +36,8 @@ class DistillConfig(RecipeConfig):
     lr: float = option(1e-4, "Peak learning rate (linear warmup then decay).")
     warmup_ratio: float = option(0.05, "Share of steps spent warming the learning rate up.")
     seed: int = option(0, "Seed of the data order.")
+    dataloader_workers: int = option(0, "Processes that fetch and tokenize batches (0: the training process). "
+                                        "On a GPU, tokenizing long texts can take longer than the step itself.")
     dtype: str = option("float32", "Weights while training: float32 (also on a GPU: the optimizer updates them in "
                                    "place) or bfloat16.")
 

@@ -1,4 +1,5 @@
-"""The default model's data builder, long-document assembly, projection folding and the man-page set."""
+"""The default model's data builder, long-document assembly, stage clock, projection folding and the
+man-page set."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from recipes import default_data
-from recipes.default_model import fold_projection, long_pairs
+from recipes.default_model import StageClock, fold_projection, long_pairs
 
 TRANSLATIONS = """Package: hello
 Description-md5: 0
@@ -135,3 +136,27 @@ def test_longdocs_set_from_man_pages(tmp_path):
     assert query.startswith("twiddle frob") and "frob -" not in query
     document = next(iter(dataset.corpus.values()))
     assert "SYNOPSIS" in document and "twiddle" not in document
+
+
+def test_stage_clock_drives_the_learning_rate_and_stops(monkeypatch):
+    from types import SimpleNamespace
+
+    from recipes import default_model
+
+    now = [0.0]
+    monkeypatch.setattr(default_model.time, "perf_counter", lambda: now[0])
+    clock = StageClock(seconds=100.0, peak_lr=1e-3)
+    optimizer = SimpleNamespace(param_groups=[{"lr": 0.0}])
+    state, control = SimpleNamespace(global_step=0), SimpleNamespace(should_training_stop=False)
+    clock.on_train_begin(None, state, control)
+    lrs = []
+    for t in (1.0, 5.0, 50.0, 99.0):
+        now[0] = t
+        clock.on_step_begin(None, state, control, optimizer=optimizer)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        clock.on_step_end(None, state, control)
+    assert lrs[0] < lrs[1] == pytest.approx(1e-3) and lrs[1] > lrs[2] > lrs[3] > 0  # warm-up, then decay
+    assert not control.should_training_stop
+    now[0] = 100.0
+    clock.on_step_end(None, state, control)
+    assert control.should_training_stop
