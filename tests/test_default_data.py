@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+from evals.longdocs import is_held_out
 from recipes import default_data
 from recipes.default_model import StageClock, fold_projection, long_pairs
 
@@ -96,15 +97,9 @@ def test_fold_projection_keeps_similarities():
 
 def test_held_out_fifth_is_fixed():
     names = [f"page{i}.1" for i in range(2000)]
-    held = [n for n in names if default_data_is_held_out(n)]
-    assert held == [n for n in names if default_data_is_held_out(n)]
+    held = [n for n in names if is_held_out(n)]
+    assert held == [n for n in names if is_held_out(n)]
     assert 300 < len(held) < 500
-
-
-def default_data_is_held_out(name: str) -> bool:
-    from evals.longdocs import is_held_out
-
-    return is_held_out(name)
 
 
 PAGE = r""".TH FROB 1 "2024" "frob 1.0" "User Commands"
@@ -121,7 +116,7 @@ reads each FILE and rearranges its bits. """ + "It is careful about it. " * 300 
 @pytest.mark.skipif(shutil.which("man") is None, reason="needs man-db")
 def test_longdocs_set_from_man_pages(tmp_path):
     from evals.beir import load_beir
-    from evals.longdocs import build, is_held_out
+    from evals.longdocs import build
 
     names = [f"frob{i}" for i in range(40)]
     held = [n for n in names if is_held_out(f"{n}.1")]
