@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retriever.index import RRF_K
-from retriever.index import reciprocal_rank_fusion as _fuse
+from retriever.fusion import RRF_K
+from retriever.fusion import reciprocal_rank_fusion as _fuse
 
 Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
 Qrels = dict[str, dict[str, int]]  # query id -> {doc id: relevance}

@@ -33,6 +33,7 @@ import numpy as np
 from encoder.layout import DEFAULT_BATCH_TOKENS
 from retriever.documents import Corpus, Document, as_document
 from retriever.embedding import Chunking, EmbeddingModel, Passage
+from retriever.fusion import reciprocal_rank_fusion
 from retriever.lexical import LexicalIndex
 from retriever.store import Store
 from retriever.vectors import VectorIndex
@@ -41,7 +42,6 @@ DEFAULT_INDEX_DIR = Path(".retriever")
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 FORMAT_VERSION = 1
-RRF_K = 60
 MANIFEST = "manifest.json"
 _LOCK = ".lock"
 _WRITER = "writer.json"
@@ -472,17 +472,8 @@ def _best_per_doc(chunk_hits: list[tuple[str, int, float]]) -> dict[str, tuple[i
 
 
 def _fuse(rankings: list[dict], k: int) -> list[tuple[str, float]]:
-    """Reciprocal-rank fusion: score(d) = sum over rankings of 1 / (RRF_K + rank of d)."""
+    """The k best documents of the rankings ({doc: ...} in rank order) by reciprocal-rank fusion."""
     return reciprocal_rank_fusion([list(r) for r in rankings])[:k]
-
-
-def reciprocal_rank_fusion(rankings: list[list[str]], rrf_k: int = RRF_K) -> list[tuple[str, float]]:
-    """Ids ranked by sum over rankings of 1 / (rrf_k + rank), ranks from 1; ties by id."""
-    scores: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, doc_id in enumerate(ranking, 1):
-            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (rrf_k + rank)
-    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
 
 def _model_name(model: str | Path | None) -> str:
