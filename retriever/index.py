@@ -387,9 +387,14 @@ class Retriever:
         if not documents:
             return np.zeros((0, self.manifest.dimension), np.float32), []
         model = self.model
+        inputs = [embedding_input(d) for d in documents]
         with _progress(show_progress, "embedding", "tokens") as progress:
-            vectors, passages = model.encode_documents([d.text for d in documents], self.chunking,
-                                                       self.batch_tokens, progress)
+            vectors, passages = model.encode_documents(inputs, self.chunking, self.batch_tokens, progress)
+        for passage in passages:  # spans in the text, without the title put before it
+            length = len(documents[passage.doc].text)
+            shift = len(inputs[passage.doc]) - length
+            passage.start = min(max(passage.start - shift, 0), length)
+            passage.end = min(max(passage.end - shift, passage.start), length)
         report.chunks_embedded = len(passages)
         report.tokens = progress.done
         return vectors, passages
@@ -460,6 +465,15 @@ class Retriever:
 
     def close(self) -> None:
         self.store.close()
+
+
+def embedding_input(document: Document) -> str:
+    """What is embedded for a document: its title, a newline and its text, as dense retrievers are
+    trained and evaluated (BEIR's "title text"); the text alone when it opens with its title."""
+    title = document.title.strip()
+    if not title or title.lower() in document.text[: len(title) + 200].lower():
+        return document.text
+    return f"{title}\n{document.text}"
 
 
 def _best_per_doc(chunk_hits: list[tuple[str, int, float]]) -> dict[str, tuple[int, float]]:

@@ -156,6 +156,16 @@ def test_api_add_search_remove_info(model_dir, tmp_path):
         reopened.search("   ")
 
 
+def test_titles_are_embedded_before_the_text(model_dir, tmp_path):
+    index = Retriever.create(tmp_path / "idx", model_dir)
+    index.add([{"id": "t", "title": "Zebra facts", "text": TEXTS[0]},
+               {"id": "u", "title": "alpha", "text": "alpha beta gamma"}])  # opens with its title: once
+    expected = EmbeddingModel.load(model_dir).encode_documents(["Zebra facts\n" + TEXTS[0], "alpha beta gamma"])[0]
+    got = np.stack([index.vectors.index.reconstruct(c) for c in index.store.chunk_ids(["t", "u"])])
+    assert np.abs(got - expected).max() < 1e-5
+    assert index.search(TEXTS[0])[0].span == (0, len(TEXTS[0]))
+
+
 def test_unchanged_documents_are_not_embedded_again(model_dir, tmp_path):
     index = Retriever.create(tmp_path / "idx", model_dir)
     index.add([{"id": "a", "text": TEXTS[0]}, {"id": "b", "text": TEXTS[1]}])
