@@ -4,8 +4,8 @@ One directory (default `./.retriever`):
 
     manifest.json    IndexManifest: model and fingerprint, dimension, prompts, chunking, index
                      type, counts, times, versions, and the generation below that is current
-    gen-000007/      vectors.faiss (IndexIDMap2, ids = chunk ids), store.sqlite (documents and
-                     chunks), bm25/ (bm25s over the chunks)
+    gen-000007/      vectors.faiss (FAISS, ids = chunk ids), store.sqlite (documents and chunks),
+                     bm25/ (bm25s over the chunks)
     .lock            held by the one writer (writer.json says who)
 
 A write builds the next generation beside the current one (a copy of the store, the FAISS index
