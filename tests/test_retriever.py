@@ -451,6 +451,28 @@ def test_kill_9_mid_write_leaves_the_previous_index_usable(model_dir, tmp_path):
     assert Retriever.open(index).search(TEXTS[20])[0].id == "after"
 
 
+def test_ctrl_c_mid_index_leaves_the_index_as_it_was(model_dir, tmp_path):
+    index = tmp_path / "idx"
+    Retriever.create(index, model_dir).add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS[:5])])
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "new.txt").write_text(TEXTS[9])
+    script = STALLED_WRITER.replace(
+        'Retriever.open(sys.argv[1]).add([{"id": "late", "text": "added by the killed writer"}])',
+        'from retriever.cli import app; app(["index", sys.argv[3], "--index", sys.argv[1]])')
+    marker = tmp_path / "marker"
+    writer = subprocess.Popen([sys.executable, "-c", script, str(index), str(marker), str(tmp_path / "more")],
+                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert writer.poll() is None and time.time() < deadline, "the CLI did not reach the middle of its write"
+        time.sleep(0.1)
+    writer.send_signal(signal.SIGINT)
+    _, stderr = writer.communicate(timeout=60)
+    assert writer.returncode == 130 and "interrupted: the index was left as it was" in stderr
+    assert not list(index.glob(".building-*"))  # cleaned up on the way out
+    assert Retriever.open(index).info()["documents"] == 5
+
+
 def test_a_second_writer_gets_a_clear_message(model_dir, tmp_path):
     index = tmp_path / "idx"
     Retriever.create(index, model_dir).add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS[:3])])
