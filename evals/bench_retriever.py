@@ -6,8 +6,8 @@
     p50/p99 over `queries` queries) and cold `retriever search` wall time (a new process each run:
     imports, model load, index load, query, output).
 (2) SciFact with the real model: pure encoder throughput (`EmbeddingModel.encode_documents` on the
-    abstracts' "title\ntext", what `add` embeds) against `Retriever.add` of the same documents (reading nothing from disk: the
-    documents are in memory in both), and the share of `add`'s time spent in the encoder.
+    abstracts' "title\ntext", what `add` embeds) against `Retriever.add` of the same documents
+    (in memory in both: no file reading), and the share of `add`'s time spent in the encoder.
 """
 
 from __future__ import annotations

@@ -38,10 +38,12 @@ def _open_model(name: str, device: str | None, max_length: int):
     """The model, or one error line and exit status 2."""
     from encoder import CheckpointError
     from evals.beir import open_model
+    from retriever.index import DEFAULT_MODEL, RetrieverError, default_model_path
 
     try:
-        return open_model(name, device=device, max_length=max_length)
-    except (CheckpointError, OSError) as e:
+        return open_model(default_model_path() if name == DEFAULT_MODEL else name, device=device,
+                          max_length=max_length)
+    except (CheckpointError, RetrieverError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
@@ -76,8 +78,9 @@ def _slug(text: str) -> str:
 @app.command()
 def beir(
     directory: Path = typer.Argument(..., help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv."),
-    model: str = typer.Option(..., "--model", "-m", help="Model folder or hub id (sentence-transformers "
-                                                         "layout or bare ModernBERT checkpoint)."),
+    model: str = typer.Option("default", "--model", "-m", help="'default' (the shipped model), a model folder or "
+                                                                "hub id (sentence-transformers layout or bare "
+                                                                "ModernBERT checkpoint)."),
     split: str = typer.Option("test", help="qrels split to score."),
     max_length: int = typer.Option(8192, help="Tokens per input, longer ones truncated."),
     hybrid: bool = typer.Option(False, "--hybrid", help="Also score BM25 and BM25 + dense fusion (RRF, k=60)."),
@@ -135,7 +138,8 @@ def beir(
 
 @app.command()
 def longctx(
-    models: list[str] = typer.Option(..., "--model", "-m", help="Model folder or hub id; repeat to compare."),
+    models: list[str] = typer.Option(["default"], "--model", "-m", help="'default' (the shipped model), a model "
+                                                                        "folder or hub id; repeat to compare."),
     lengths: str = typer.Option("256,512,1024,2048,4096,8192", help="Document lengths in tokens, comma-separated."),
     tasks: str = typer.Option("passkey,needle", help="Tasks, comma-separated: passkey, needle."),
     docs: int = typer.Option(50, help="Documents (and queries) per task and length."),
@@ -190,7 +194,8 @@ def mteb_command(
     tasks: list[str] = typer.Option(..., "--tasks", "-t", help="mteb task names (e.g. LEMBPasskeyRetrieval), or "
                                                                "SyntheticPasskeyN / SyntheticNeedleN (N tokens, "
                                                                "generated offline). Repeat for several."),
-    model: str = typer.Option(..., "--model", "-m", help="Model folder or hub id."),
+    model: str = typer.Option("default", "--model", "-m", help="'default' (the shipped model), a model folder or "
+                                                                "hub id."),
     local: list[str] = typer.Option([], "--local", help="TASK=DIR: read that retrieval task's data from a local "
                                                        "BEIR-layout copy instead of the hub. Repeatable."),
     max_length: int = typer.Option(8192, help="Tokens per input, longer ones truncated."),

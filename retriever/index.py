@@ -233,7 +233,8 @@ class Retriever:
                 return
             except (FileNotFoundError, OSError):
                 self.manifest = IndexManifest.read(self.directory)
-        raise RetrieverError(f"{self.directory}: generation {self.manifest.generation} named by the manifest is missing")
+        raise RetrieverError(f"{self.directory}: generation {self.manifest.generation} named by the manifest "
+                             "is missing")
 
     def _checked_model(self, name: str) -> EmbeddingModel:
         model = EmbeddingModel.load(_model_location(name), device=self.device, max_length=self.manifest.max_length)

@@ -133,3 +133,15 @@ def test_non_modernbert_baselines_run_through_stock_sentence_transformers(tiny_b
     assert not isinstance(model, Embedder) and model.max_seq_length <= 512
     dataset = load_beir(tiny_beir)
     assert evaluate(dataset.qrels, dense_run(model, dataset, show_progress_bar=False))["ndcg_at_10"] == pytest.approx(1.0)
+
+
+def test_eval_beir_uses_the_shipped_model_by_default(tmp_path):
+    write_beir(tmp_path / "beir", {"d0": "Paris is the capital and largest city of France.",
+                                   "d1": "Influenza causes fever, cough and muscle aches."},
+               {"q1": "what is the capital of France"}, [("q1", "d0", 1)])
+    result = CliRunner().invoke(app, ["eval", "beir", str(tmp_path / "beir"), "--output", str(tmp_path / "out"),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["model"] == "default" and report["max_length"] == 8192
+    assert report["results"]["dense"]["ndcg_at_10"] == 1.0

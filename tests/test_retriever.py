@@ -382,7 +382,8 @@ def test_cli_bad_inputs(model_dir, tmp_path):
     (bad / "ok.txt").write_text("alpha beta gamma")
     (bad / "binary.txt").write_bytes(b"\x00\x01\x02binary")
     (bad / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    (bad / "rows.jsonl").write_text('{"id": "x1", "text": "fine"}\n{"id": "x2", "text": \n{"id": "ok.txt", "text": "dup"}\n')
+    (bad / "rows.jsonl").write_text('{"id": "x1", "text": "fine"}\n{"id": "x2", "text": \n'
+                                    '{"id": "ok.txt", "text": "dup"}\n')
     (bad / "locked.md").write_text("secret")
     os.chmod(bad / "locked.md", 0)
     result = cli("index", bad, "--index", index, "--model", model_dir)
