@@ -62,7 +62,6 @@ class Passage:
 @dataclass
 class _Input:
     doc: int
-    offset: int  # where this input's text starts in the document
     ids: list[int]
     spans: list[tuple[int, int, int, int]]  # (first token, end token, start char, end char) per passage
 
@@ -84,7 +83,7 @@ class EmbeddingModel:
         self.lowercase = lowercase
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        self.cls_id, self.sep_id = self._special_ids()
+        self.sep_id = self._closing_special_id()
 
     @property
     def dimension(self) -> int:
@@ -129,8 +128,7 @@ class EmbeddingModel:
                                   model.config.max_position_embeddings]))
         return cls(directory, str(name_or_path), model, Tokenizer.from_file(str(tokenizer_file)),
                    pooling=pooling, include_prompt=include_prompt, dense=dense, normalize=normalize,
-                   prompts=prompts,
-                   max_length=limit, lowercase=bool(module_config.get("do_lower_case")))
+                   prompts=prompts, max_length=limit, lowercase=bool(module_config.get("do_lower_case")))
 
     def fingerprint(self) -> str:
         """sha256 of the weights, the tokenizer, the pooling and the prompts: what makes the vectors,
@@ -146,12 +144,11 @@ class EmbeddingModel:
 
     # ---- inputs -------------------------------------------------------------------------------
 
-    def _special_ids(self) -> tuple[int | None, int | None]:
+    def _closing_special_id(self) -> int | None:
+        """The special token the tokenizer ends inputs with ([SEP]), if any: truncation keeps it."""
         with_specials = self.tokenizer.encode("a").ids
         plain = self.tokenizer.encode("a", add_special_tokens=False).ids
-        cls_id = with_specials[0] if with_specials[:1] != plain[:1] else None
-        sep_id = with_specials[-1] if with_specials[-1:] != plain[-1:] else None
-        return cls_id, sep_id
+        return with_specials[-1] if with_specials[-1:] != plain[-1:] else None
 
     def _encode(self, texts: list[str]):
         if self.lowercase:
@@ -169,7 +166,7 @@ class EmbeddingModel:
         inputs = []
         for doc, encoding in enumerate(self._encode([prompt + t for t in texts])):
             ids = self._truncate(encoding.ids)
-            inputs.append(_Input(doc, 0, ids, [(0, len(ids), 0, len(texts[doc]))]))
+            inputs.append(_Input(doc, ids, [(0, len(ids), 0, len(texts[doc]))]))
         return inputs
 
     def _document_inputs(self, texts: list[str], chunking: Chunking) -> list[_Input]:
@@ -202,7 +199,7 @@ class EmbeddingModel:
                 spans = [(0, len(ids), start, end)]
             else:
                 spans = self._passages(encoding, len(ids), len(prompt), start, chunking.passage_tokens)
-            inputs.append(_Input(doc, start, ids, spans))
+            inputs.append(_Input(doc, ids, spans))
         return inputs
 
     @staticmethod
