@@ -150,10 +150,10 @@ class EmbeddingModel:
         plain = self.tokenizer.encode("a", add_special_tokens=False).ids
         return with_specials[-1] if with_specials[-1:] != plain[-1:] else None
 
-    def _encode(self, texts: list[str]):
+    def _encode(self, texts: list[str], add_special_tokens: bool = True):
         if self.lowercase:
             texts = [t.lower() for t in texts]
-        return self.tokenizer.encode_batch(texts)
+        return self.tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
 
     def _truncate(self, ids: list[int]) -> list[int]:
         """At most max_length tokens, the closing special token kept (as transformers truncates)."""
@@ -173,8 +173,7 @@ class EmbeddingModel:
         prompt = self.prompts.get("document", "")
         overhead = len(self.tokenizer.encode(prompt).ids)
         capacity = self.max_length - overhead
-        contents = self.tokenizer.encode_batch([t.lower() for t in texts] if self.lowercase else texts,
-                                               add_special_tokens=False)
+        contents = self._encode(texts, add_special_tokens=False)
         slices: list[tuple[int, int, int]] = []  # (doc, start char, end char)
         for doc, content in enumerate(contents):
             offsets = content.offsets

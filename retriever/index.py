@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -174,7 +175,8 @@ class Retriever:
         self.batch_tokens = batch_tokens
         self._model = model
         self._lock = threading.Lock()
-        self._load_generation()
+        self.store: Store | None = None
+        self._serve(manifest)
 
     # ---- opening ------------------------------------------------------------------------------
 
@@ -222,19 +224,30 @@ class Retriever:
             retriever._model = retriever._checked_model(_model_name(model))
         return retriever
 
-    def _load_generation(self) -> None:
-        for _ in range(3):  # a writer may retire the generation between manifest and files
-            generation = self.directory / self.manifest.generation
+    def _serve(self, manifest: IndexManifest, vectors: VectorIndex | None = None) -> None:
+        """Reads come from `manifest`'s generation from now on: its store (read-only), its vectors
+        (given, when the caller has them in memory, or read), its BM25 on first use. A writer may
+        retire a generation between the manifest's read and its files': then the current one is taken."""
+        for _ in range(3):
+            generation = self.directory / manifest.generation
             try:
-                self.store = Store(generation / _STORE, readonly=True)
-                self.vectors = VectorIndex.load(generation / _VECTORS, self.manifest.index_type,
-                                                self.manifest.dimension)
-                self._lexical = None  # loaded by the first hybrid search
-                return
-            except (FileNotFoundError, OSError):
-                self.manifest = IndexManifest.read(self.directory)
-        raise RetrieverError(f"{self.directory}: generation {self.manifest.generation} named by the manifest "
-                             "is missing")
+                store = Store(generation / _STORE, readonly=True)
+            except sqlite3.OperationalError:
+                manifest = IndexManifest.read(self.directory)
+                continue
+            self.vectors = vectors or VectorIndex.load(generation / _VECTORS, manifest.index_type,
+                                                       manifest.dimension)
+            if self.store is not None:
+                self.store.close()
+            self.store, self.manifest, self._lexical = store, manifest, None
+            return
+        raise RetrieverError(f"{self.directory}: generation {manifest.generation} named by the manifest is missing")
+
+    def _serve_current(self) -> None:
+        """Serves the generation the manifest names now, unless it is the one served already."""
+        manifest = IndexManifest.read(self.directory)
+        if manifest.generation != self.manifest.generation:
+            self._serve(manifest)
 
     def _checked_model(self, name: str) -> EmbeddingModel:
         model = EmbeddingModel.load(_model_location(name), device=self.device, max_length=self.manifest.max_length)
@@ -263,9 +276,7 @@ class Retriever:
                 try:
                     self._lexical = LexicalIndex.load(self.directory / self.manifest.generation / _BM25)
                 except FileNotFoundError:  # a writer retired our generation since: move to the current one
-                    self.store.close()
-                    self.manifest = IndexManifest.read(self.directory)
-                    self._load_generation()
+                    self._serve_current()
                     self._lexical = LexicalIndex.load(self.directory / self.manifest.generation / _BM25)
             return self._lexical
 
@@ -279,12 +290,7 @@ class Retriever:
             wait: float = 0) -> UpdateReport:
         """Adds documents (dicts with id/_id, text, title, metadata; strings; or Documents); a
         document whose id is indexed already is replaced when its content changed."""
-        docs = [d if isinstance(d, Document) else as_document(d, i) for i, d in enumerate(documents)]
-        ids = [d.id for d in docs]
-        if len(set(ids)) != len(ids):
-            duplicate = next(i for i in ids if ids.count(i) > 1)
-            raise ValueError(f"duplicate document id {duplicate!r}")
-        return self._update(docs, [], show_progress, wait)
+        return self._update(_as_documents(documents), [], show_progress, wait)
 
     def sync(self, corpus: Corpus, *, show_progress: bool = False, wait: float = 0) -> UpdateReport:
         """Makes the index hold `corpus` for the files it read: new and changed documents embedded,
@@ -297,16 +303,16 @@ class Retriever:
 
     def remove(self, ids: Iterable[str], *, wait: float = 0) -> UpdateReport:
         ids = list(dict.fromkeys(ids))
-        present = set(self.store.documents(ids))
-        report = self._update([], [i for i in ids if i in present], False, wait)
-        report.missing = [i for i in ids if i not in present]
+        report = self._update([], ids, False, wait)
+        removed = set(report.removed)
+        report.missing = [i for i in ids if i not in removed]
         return report
 
     def add_embedded(self, documents: Iterable[dict | str | Document], vectors: np.ndarray, *,
                      wait: float = 0) -> UpdateReport:
         """Adds documents with vectors made elsewhere, one per document (its passage: the whole text),
         e.g. from an earlier run of the same model; they must be what the index's model would make."""
-        docs = [d if isinstance(d, Document) else as_document(d, i) for i, d in enumerate(documents)]
+        docs = _as_documents(documents)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(docs), self.manifest.dimension):
             raise ValueError(f"expected vectors of shape ({len(docs)}, {self.manifest.dimension}), "
@@ -323,10 +329,9 @@ class Retriever:
         return report
 
     def _reload_and_diff(self, documents: list[Document], deletions: list[str]) -> UpdateReport:
-        """Under the lock: the latest generation loaded, and what `documents` change in it."""
-        self.manifest = IndexManifest.read(self.directory)  # another writer may have committed
-        self.store.close()
-        self._load_generation()
+        """Under the lock: the latest generation served (another writer may have committed), and
+        what `documents` change in it."""
+        self._serve_current()
         hashes = self.store.hashes()
         report = UpdateReport()
         report.added = [d.id for d in documents if d.id not in hashes]
@@ -358,8 +363,9 @@ class Retriever:
             store = self.store.copy_to(generation / _STORE)
             index = VectorIndex.load(self.directory / self.manifest.generation / _VECTORS,
                                      self.manifest.index_type, self.manifest.dimension)
-            index.remove(store.chunk_ids(report.updated + report.removed))
-            store.delete(report.removed)
+            replaced = report.updated + report.removed
+            index.remove(store.chunk_ids(replaced))
+            store.delete(replaced)
             spans: list[list[tuple[int, int]]] = [[] for _ in changed]
             for passage in passages:
                 spans[passage.doc].append((passage.start, passage.end))
@@ -379,9 +385,7 @@ class Retriever:
                                         "chunks": chunks_count, "updated": _now(), "versions": _versions()})
             manifest.generation = name
         manifest.write(self.directory)
-        self.manifest = manifest
-        self.store.close()
-        self._load_generation()
+        self._serve(manifest, vectors=index)
         _retire_generations(self.directory, keep=manifest.generation)
 
     def _embed(self, documents: list[Document], show_progress: bool, report: UpdateReport):
@@ -466,6 +470,17 @@ class Retriever:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _as_documents(items: Iterable[dict | str | Document]) -> list[Document]:
+    """Documents from the Python API's inputs; an id given twice is an error."""
+    documents = [d if isinstance(d, Document) else as_document(d, i) for i, d in enumerate(items)]
+    seen: set[str] = set()
+    for document in documents:
+        if document.id in seen:
+            raise ValueError(f"duplicate document id {document.id!r}")
+        seen.add(document.id)
+    return documents
 
 
 def embedding_input(document: Document) -> str:

@@ -110,8 +110,8 @@ class Store:
     # ---- writes (a writable copy only; committed by the caller) -------------------------------
 
     def put(self, document: Document, spans: list[tuple[int, int]], first_chunk_id: int) -> list[int]:
-        """Inserts or replaces a document and its chunks; returns the new chunk ids."""
-        self.delete([document.id])
+        """Inserts a document (not in the store: delete a replaced one first) and its chunks; returns
+        the new chunk ids."""
         self.db.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)",
                         (document.id, document.title, document.text, document.source,
                          json.dumps(document.metadata, ensure_ascii=False), document.content_hash))
