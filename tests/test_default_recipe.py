@@ -1,0 +1,85 @@
+"""The default model's whole recipe, at toy sizes, through its command line: data bundle -> student ->
+distillation -> contrastive -> shipped folder, in a process where faiss cannot be imported (the GPU
+machine has none, and a faiss import once ended a training run there after its distillation)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+
+from recipes import default_data
+from tests.conftest import make_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_WITHOUT_FAISS = (
+    "import runpy, sys; sys.modules['faiss'] = None; sys.argv = ['recipes.default_model'] + sys.argv[1:]; "
+    "runpy.run_module('recipes.default_model', run_name='__main__')"
+)
+
+
+def _teacher(checkpoint_dir: Path, path: Path) -> Path:
+    """A 96-dimensional BERT embedder on the test tokenizer: wider than the student, as MiniLM is."""
+    transformers.AutoTokenizer.from_pretrained(checkpoint_dir).save_pretrained(path / "bert")
+    torch.manual_seed(7)
+    bert = transformers.BertConfig(vocab_size=300, hidden_size=96, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=64)
+    transformers.BertModel(bert).save_pretrained(path / "bert")
+    SentenceTransformer(modules=[Transformer(str(path / "bert")), Pooling(96, "mean")],
+                        device="cpu").save(str(path / "st"))
+    return path / "st"
+
+
+def _bundle(path: Path) -> Path:
+    """Short pairs (some grouped as the sections of an article), manual pages and raw texts."""
+    passages = make_corpus(60, 31)
+    pairs = [{"query": " ".join(p.split()[:4]), "positive": p} for p in passages[:40]]
+    pairs += [{"query": f"article {i // 4}: section {i % 4}", "positive": p, "group": f"article {i // 4}"}
+              for i, p in enumerate(passages[40:])]
+    man = [{"query": f"tool{i} - " + " ".join(p.split()[:3]), "text": p * 20, "name": f"tool{i}"}
+           for i, p in enumerate(make_corpus(12, 32))]
+    path.mkdir()
+    default_data._write_jsonl(path / "pairs.jsonl.xz", pairs)
+    default_data._write_jsonl(path / "man.jsonl.xz", man)
+    default_data._write_jsonl(path / "texts.jsonl.xz", [{"text": t} for t in make_corpus(20, 33)])
+    (path / "manifest.json").write_text(json.dumps({"pairs": {"toy": len(pairs)}, "man_pages": len(man)}))
+    return path
+
+
+def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path):
+    teacher = _teacher(checkpoint_dir, tmp_path / "teacher")
+    final = tmp_path / "final"
+    final.mkdir()
+    (final / "README.md").write_text("the hand-written model card\n")
+    keys = dict(data_dir=_bundle(tmp_path / "data"), output_dir=tmp_path / "run", final_dir=final, teacher=teacher,
+                hidden_size=64, num_hidden_layers=3, num_attention_heads=2, intermediate_size=96, max_length=1024,
+                distill_steps=2, distill_batch_size=16, contrastive_steps=2, contrastive_batch_size=8,
+                dataloader_workers=1, max_texts=1000)
+    run = subprocess.run([sys.executable, "-c", RUN_WITHOUT_FAISS, "--set", *(f"{k}={v}" for k, v in keys.items())],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    summary = json.loads((final / "training_summary.json").read_text())
+    assert summary["distill"]["steps"] == 2 and summary["contrastive"]["steps"] == 2
+    # all short pairs, the first 10 manual pages (max_texts mode), one long pair per article
+    assert summary["contrastive"]["pairs"] == 60 + 10 + 5
+    assert (final / "README.md").read_text() == "the hand-written model card\n"
+    modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((final / "modules.json").read_text())]
+    assert modules == ["Transformer", "Pooling", "Dense", "Normalize"]
+    config = json.loads((final / "config.json").read_text())
+    assert config["model_type"] == "modernbert" and config["max_position_embeddings"] == 1024
+
+    from retriever.embedding import EmbeddingModel
+
+    model = EmbeddingModel.load(final)
+    vectors, _ = model.encode_documents(make_corpus(4, 34))
+    assert vectors.shape == (4, 64), "the Dense 64 -> 96 of distillation is folded into a square map"
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
