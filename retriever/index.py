@@ -37,7 +37,7 @@ from retriever.embedding import Chunking, EmbeddingModel, Passage
 from retriever.fusion import reciprocal_rank_fusion
 from retriever.lexical import LexicalIndex
 from retriever.store import Store
-from retriever.vectors import VectorIndex
+from retriever.vectors import VectorIndex, VectorIndexError
 
 DEFAULT_INDEX_DIR = Path(".retriever")
 DEFAULT_MODEL = "default"
@@ -230,13 +230,20 @@ class Retriever:
         retire a generation between the manifest's read and its files': then the current one is taken."""
         for _ in range(3):
             generation = self.directory / manifest.generation
+            store = None
             try:
                 store = Store(generation / _STORE, readonly=True)
-            except sqlite3.OperationalError:
-                manifest = IndexManifest.read(self.directory)
+                loaded = vectors or VectorIndex.load(generation / _VECTORS, manifest.index_type,
+                                                     manifest.dimension, manifest.chunks)
+            except (sqlite3.OperationalError, VectorIndexError):
+                if store is not None:
+                    store.close()
+                latest = IndexManifest.read(self.directory)
+                if store is not None and latest.generation == manifest.generation:
+                    raise  # the current generation's own vectors are missing or damaged: no race
+                manifest = latest
                 continue
-            self.vectors = vectors or VectorIndex.load(generation / _VECTORS, manifest.index_type,
-                                                       manifest.dimension)
+            self.vectors = loaded
             if self.store is not None:
                 self.store.close()
             self.store, self.manifest, self._lexical = store, manifest, None
@@ -362,7 +369,7 @@ class Retriever:
         with _next_generation(self.directory) as (generation, name):
             store = self.store.copy_to(generation / _STORE)
             index = VectorIndex.load(self.directory / self.manifest.generation / _VECTORS,
-                                     self.manifest.index_type, self.manifest.dimension)
+                                     self.manifest.index_type, self.manifest.dimension, self.manifest.chunks)
             replaced = report.updated + report.removed
             index.remove(store.chunk_ids(replaced))
             store.delete(replaced)

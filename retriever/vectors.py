@@ -58,10 +58,19 @@ class VectorIndex:
         return cls(faiss.IndexIDMap2(inner), kind, dimension)
 
     @classmethod
-    def load(cls, path: Path, kind: str, dimension: int) -> VectorIndex:
-        if not path.is_file():  # an ivfpq index that was never trained
-            return cls.new(kind, dimension)
-        return cls(faiss.read_index(str(path)), kind, dimension)
+    def load(cls, path: Path, kind: str, dimension: int, count: int) -> VectorIndex:
+        """The index saved at `path`, which must hold `count` vectors (the manifest's chunk count)."""
+        if not path.is_file():
+            if kind == "ivfpq" and count == 0:  # never trained, so never saved
+                return cls.new(kind, dimension)
+            raise VectorIndexError(f"{path}: the vectors file is missing")
+        try:
+            index = cls(faiss.read_index(str(path)), kind, dimension)
+        except RuntimeError as e:  # faiss's message starts with the C++ function that failed
+            raise VectorIndexError(f"{path}: not a readable FAISS index ({str(e).rsplit('Error: ', 1)[-1]})") from e
+        if index.ntotal != count:
+            raise VectorIndexError(f"{path}: holds {index.ntotal} vectors where the manifest counts {count} chunks")
+        return index
 
     def save(self, path: Path) -> None:
         if self.index is None:

@@ -227,6 +227,31 @@ def test_opening_with_another_model_is_an_error(model_dir, cls_model_dir, tmp_pa
     assert Retriever.open(tmp_path / "idx", model_dir).search(TEXTS[1])[0].id == "1"
 
 
+def test_missing_or_damaged_vectors_are_an_error_not_an_empty_index(model_dir, tmp_path):
+    index = tmp_path / "idx"
+    Retriever.create(index, model_dir).add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS[:3])])
+    vectors = index / json.loads((index / "manifest.json").read_text())["generation"] / "vectors.faiss"
+    saved = vectors.read_bytes()
+    vectors.unlink()
+    result = cli("search", TEXTS[1], "--index", index)
+    assert result.exit_code == 2 and f"{vectors}: the vectors file is missing" in result.output
+    vectors.write_bytes(saved[: len(saved) // 2])
+    result = cli("search", TEXTS[1], "--index", index)
+    assert result.exit_code == 2 and f"{vectors}: not a readable FAISS index" in " ".join(result.output.split())
+    import faiss
+
+    faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(64)), str(vectors))
+    result = cli("search", TEXTS[1], "--index", index)
+    assert result.exit_code == 2 and "holds 0 vectors where the manifest counts 3 chunks" in result.output
+    vectors.write_bytes(saved)
+    assert Retriever.open(index).search(TEXTS[1])[0].id == "1"
+
+
+def test_an_empty_ivfpq_index_opens(model_dir, tmp_path):
+    Retriever.create(tmp_path / "idx", model_dir, index_type="ivfpq")
+    assert Retriever.open(tmp_path / "idx").search(TEXTS[0]) == []
+
+
 def test_reads_are_safe_from_several_threads(model_dir, tmp_path):
     index = Retriever.create(tmp_path / "idx", model_dir)
     index.add(TEXTS)
