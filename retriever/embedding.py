@@ -15,6 +15,8 @@ How a document becomes vectors (`Chunking`):
   through the encoder once, and each passage of `passage_tokens` tokens inside it is mean-pooled
   from that one pass, so every passage vector carries the context of up to `max_length` tokens
   around it. Short documents get passage vectors the same way.
+Cuts fall between words (the tokenizer's): a window ends before the word a cut would split, a
+passage runs on to the end of it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from encoder.model import ModernBertModel
 CHUNKING_MODES = ("window", "late")
 # Tokens held back from each window for the prompt's re-tokenisation at the cut.
 _WINDOW_MARGIN = 8
+# Cuts move to the nearest word start so that no window or passage begins mid-word, but not by more
+# than this many tokens: a longer "word" (a URL, a hash, base64) is cut where it falls.
+_MAX_CUT_SHIFT = 16
 
 
 @dataclass(frozen=True)
@@ -182,14 +187,17 @@ class EmbeddingModel:
                 continue
             window = max(1, capacity - _WINDOW_MARGIN)
             overlap = min(chunking.overlap, window // 2) if chunking.mode == "window" else 0
-            stride = window - overlap
-            for first in range(0, max(1, len(offsets)), stride):
+            first = 0
+            while True:
                 last = min(first + window, len(offsets))
+                if last < len(offsets):  # end before the word the cut falls in, keeping within the window
+                    last = _word_start_before(content.word_ids, last, first)
                 start = offsets[first][0] if first else 0
                 end = offsets[last - 1][1] if last < len(offsets) else len(texts[doc])
                 slices.append((doc, start, end))
-                if last == len(offsets):
+                if last >= len(offsets):
                     break
+                first = _word_start_before(content.word_ids, max(last - overlap, first + 1), first)
         inputs = []
         encodings = self._encode([prompt + texts[doc][start:end] for doc, start, end in slices])
         for (doc, start, end), encoding in zip(slices, encodings):
@@ -209,12 +217,18 @@ class EmbeddingModel:
                    if not encoding.special_tokens_mask[i] and encoding.offsets[i][1] > prompt_chars]
         if not content:  # nothing but special tokens: the input as a whole
             return [(0, length, offset, offset)]
+        words = [encoding.word_ids[i] for i in content]
         spans = []
-        for k in range(0, len(content), passage_tokens):
-            group = content[k: k + passage_tokens]
+        k = 0
+        while k < len(content):
+            end = min(k + passage_tokens, len(content))
+            if end < len(content):  # the rest of the word the cut falls in stays in this passage
+                end = _word_start_after(words, end)
+            group = content[k:end]
             spans.append((group[0], group[-1] + 1,
                           offset + max(encoding.offsets[group[0]][0] - prompt_chars, 0),
                           offset + encoding.offsets[group[-1]][1] - prompt_chars))
+            k = end
         return spans
 
     # ---- encoder and pooling ------------------------------------------------------------------
@@ -271,6 +285,26 @@ class EmbeddingModel:
         total = sum(len(x.ids) for x in inputs)
         advance = (lambda n: progress(n, total)) if progress else None
         return self._run(inputs, self.prompts.get("document", ""), batch_tokens, advance)
+
+
+def _starts_word(word_ids: list[int | None], index: int) -> bool:
+    return word_ids[index] is None or word_ids[index] != word_ids[index - 1]
+
+
+def _word_start_after(word_ids: list[int | None], cut: int) -> int:
+    """`cut` moved forward to the next word's first token (or the end), when that is near."""
+    for index in range(cut, min(cut + _MAX_CUT_SHIFT, len(word_ids))):
+        if _starts_word(word_ids, index):
+            return index
+    return len(word_ids) if len(word_ids) - cut < _MAX_CUT_SHIFT else cut
+
+
+def _word_start_before(word_ids: list[int | None], cut: int, first: int) -> int:
+    """`cut` moved back to the first token of the word it falls in, staying after `first`, when that is near."""
+    for index in range(cut, max(first, cut - _MAX_CUT_SHIFT), -1):
+        if _starts_word(word_ids, index):
+            return index
+    return cut
 
 
 class _Dense:
