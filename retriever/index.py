@@ -233,8 +233,8 @@ class Retriever:
             store = None
             try:
                 store = Store(generation / _STORE, readonly=True)
-                loaded = vectors or VectorIndex.load(generation / _VECTORS, manifest.index_type,
-                                                     manifest.dimension, manifest.chunks)
+                loaded = vectors if vectors is not None else VectorIndex.load(
+                    generation / _VECTORS, manifest.index_type, manifest.dimension, manifest.chunks)
             except (sqlite3.OperationalError, VectorIndexError):
                 if store is not None:
                     store.close()

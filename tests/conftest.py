@@ -90,6 +90,23 @@ def make_tokenizer(path) -> transformers.PreTrainedTokenizerFast:
     return fast
 
 
+def bert_embedder(checkpoint_dir, path, hidden_size: int, num_hidden_layers: int, seed: int):
+    """A random BERT sentence-transformers model (mean pooling) on the test tokenizer: a teacher of
+    another architecture, saved in path / "st"."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    transformers.AutoTokenizer.from_pretrained(checkpoint_dir).save_pretrained(path / "bert")
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=300, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                                     num_attention_heads=2, intermediate_size=64)
+    transformers.BertModel(config).save_pretrained(path / "bert")
+    SentenceTransformer(modules=[Transformer(str(path / "bert")), Pooling(hidden_size, "mean")],
+                        device="cpu").save(str(path / "st"))
+    return path / "st"
+
+
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory):
     """A bare ModernBERT checkpoint (random init, transformers) with its tokenizer."""

@@ -10,32 +10,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-import transformers
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.modules import Transformer
-from sentence_transformers.sentence_transformer.modules import Pooling
 
 from recipes import default_data
-from tests.conftest import make_corpus
+from tests.conftest import bert_embedder, make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_WITHOUT_FAISS = (
     "import runpy, sys; sys.modules['faiss'] = None; sys.argv = ['recipes.default_model'] + sys.argv[1:]; "
     "runpy.run_module('recipes.default_model', run_name='__main__')"
 )
-
-
-def _teacher(checkpoint_dir: Path, path: Path) -> Path:
-    """A 96-dimensional BERT embedder on the test tokenizer: wider than the student, as MiniLM is."""
-    transformers.AutoTokenizer.from_pretrained(checkpoint_dir).save_pretrained(path / "bert")
-    torch.manual_seed(7)
-    bert = transformers.BertConfig(vocab_size=300, hidden_size=96, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=64)
-    transformers.BertModel(bert).save_pretrained(path / "bert")
-    SentenceTransformer(modules=[Transformer(str(path / "bert")), Pooling(96, "mean")],
-                        device="cpu").save(str(path / "st"))
-    return path / "st"
 
 
 def _bundle(path: Path) -> Path:
@@ -55,7 +38,8 @@ def _bundle(path: Path) -> Path:
 
 
 def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path):
-    teacher = _teacher(checkpoint_dir, tmp_path / "teacher")
+    # 96 dimensions: wider than the student, as MiniLM is
+    teacher = bert_embedder(checkpoint_dir, tmp_path / "teacher", hidden_size=96, num_hidden_layers=1, seed=7)
     final = tmp_path / "final"
     final.mkdir()
     (final / "README.md").write_text("the hand-written model card\n")

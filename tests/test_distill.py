@@ -5,26 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import transformers
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.modules import Transformer
-from sentence_transformers.sentence_transformer.modules import Pooling
 
 from recipes.distill import DistillConfig, teacher_embeddings, train_distill
-from tests.conftest import make_corpus
+from tests.conftest import bert_embedder, make_corpus
 
 
 @pytest.fixture(scope="module")
 def teacher_dir(checkpoint_dir, tmp_path_factory):
     """A 32-dimensional BERT sentence-transformers model: another architecture and dimension."""
-    path = tmp_path_factory.mktemp("teacher")
-    transformers.AutoTokenizer.from_pretrained(checkpoint_dir).save_pretrained(path / "bert")
-    torch.manual_seed(5)
-    transformers.BertModel(transformers.BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2,
-                                                   num_attention_heads=2, intermediate_size=64)).save_pretrained(path / "bert")
-    transformer = Transformer(str(path / "bert"))
-    SentenceTransformer(modules=[transformer, Pooling(32, "mean")], device="cpu").save(str(path / "st"))
-    return path / "st"
+    return bert_embedder(checkpoint_dir, tmp_path_factory.mktemp("teacher"), hidden_size=32, num_hidden_layers=2,
+                         seed=5)
 
 
 def gap_to_teacher(student, teacher, texts) -> float:
