@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from encoder.attention import check_backend
 from encoder.config import ModernBertConfig
+from encoder.hub import CheckpointError, resolve_folder
 
 if TYPE_CHECKING:
     from encoder.model import ModernBertPreTrainedModel
@@ -32,30 +33,10 @@ WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, PICKLE, PICKLE_INDEX)
 BASE_PREFIX = "model."  # transformers' base_model_prefix for ModernBERT task models
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: the message says which file or keys are at fault."""
-
-
 def resolve_checkpoint(name_or_path: str | Path, *, config_only: bool = False, revision: str | None = None) -> Path:
     """A local checkpoint folder, or a hub id downloaded (config and weights only) to the hub cache."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: expected a checkpoint folder (config.json + weights), got a file")
-        return path
-    name = str(name_or_path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
-        raise CheckpointError(f"{name}: no such checkpoint folder")
-    from huggingface_hub import snapshot_download
-
     patterns = ["config.json"] if config_only else ["config.json", "*.safetensors", SAFETENSORS_INDEX]
-    try:
-        return Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=patterns))
-    except Exception as e:  # network, auth, unknown repo: all end the same way for the caller
-        raise CheckpointError(
-            f"{name}: not a local folder, and fetching it from the Hugging Face hub failed "
-            f"({type(e).__name__}: {e})"
-        ) from None
+    return resolve_folder(name_or_path, patterns, kind="checkpoint", revision=revision)
 
 
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from encoder.hub import resolve_folder
+
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 
@@ -168,9 +170,7 @@ class ModernBertConfig:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path) -> ModernBertConfig:
-        from encoder.checkpoint import resolve_checkpoint
-
-        return cls.from_json_file(resolve_checkpoint(name_or_path, config_only=True) / "config.json")
+        return cls.from_json_file(resolve_folder(name_or_path, ["config.json"], kind="checkpoint") / "config.json")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}

@@ -3,14 +3,15 @@
 `load_embedder` opens a model in the standard sentence-transformers layout (`modules.json`:
 a `Transformer` module with a ModernBERT checkpoint and tokenizer, then `Pooling`, optionally
 `Normalize`, ...; `config_sentence_transformers.json` with prompts) or a bare ModernBERT
-checkpoint (then mean pooling). The `Transformer` module is served by `ModernBertTransformer`,
-which runs our unpadded encoder; every other module stays stock. What `Embedder.save` writes
+checkpoint (then mean pooling), as `encoder.layout.read_layout` reads it. The `Transformer` module
+is served by `ModernBertTransformer`, which runs our unpadded encoder; every other module stays
+stock. What `ModernBertSentenceTransformer.save` writes
 names the stock `Transformer` in `modules.json`, so stock sentence-transformers (transformers
 backend, no remote code) loads it.
 
-`Embedder.encode` (and `encode_query` / `encode_document`) tokenizes all texts once, sorts
-them by token count, packs them into batches of at most `batch_tokens` tokens, runs the encoder
-on the packed tokens and returns embeddings in input order.
+`ModernBertSentenceTransformer.encode` (and `encode_query` / `encode_document`) tokenizes all
+texts once and runs them packed in token-budget batches (`encoder.batching`), returning
+embeddings in input order.
 """
 
 from __future__ import annotations
@@ -21,20 +22,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import InputModule
 from sentence_transformers.sentence_transformer.modules import Pooling
 from sentence_transformers.util import quantize_embeddings
 from transformers import AutoTokenizer
 
-from encoder.checkpoint import CheckpointError
-from encoder.layout import (DEFAULT_BATCH_TOKENS, KNOWN_PROMPTS, STOCK_TRANSFORMER, resolve_embedder_dir,
-                            token_budget_batches)
+from encoder.batching import DEFAULT_BATCH_TOKENS, encode_packed
+from encoder.hub import CheckpointError
+from encoder.layout import STOCK_TRANSFORMER, TRANSFORMER_CONFIG, read_layout, transformer_settings
 from encoder.model import ModernBertModel
+from encoder.progress import TokenProgress
 
 
 class ModernBertTransformer(InputModule):
@@ -44,7 +43,7 @@ class ModernBertTransformer(InputModule):
     tokenizer files, sentence_bert_config.json).
     """
 
-    config_file_name = "sentence_bert_config.json"
+    config_file_name = TRANSFORMER_CONFIG
     config_keys = ["max_seq_length", "do_lower_case"]
     save_in_root = True
 
@@ -107,19 +106,14 @@ class ModernBertTransformer(InputModule):
     def load(cls, model_name_or_path: str, subfolder: str = "", *, dtype: torch.dtype | None = None,
              device: str | torch.device | None = None, max_seq_length: int | None = None) -> ModernBertTransformer:
         path = Path(model_name_or_path) / subfolder
-        config_path = path / cls.config_file_name
-        module_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        saved_max_seq_length, do_lower_case = transformer_settings(path)
         model = ModernBertModel.from_pretrained(path, device=device, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)  # never trust_remote_code
-        return cls(
-            model,
-            tokenizer,
-            max_seq_length=max_seq_length or module_config.get("max_seq_length"),
-            do_lower_case=module_config.get("do_lower_case", False),
-        )
+        return cls(model, tokenizer, max_seq_length=max_seq_length or saved_max_seq_length,
+                   do_lower_case=do_lower_case)
 
 
-class Embedder(SentenceTransformer):
+class ModernBertSentenceTransformer(SentenceTransformer):
     """A SentenceTransformer whose first module is ModernBertTransformer: fast, packed encoding."""
 
     def save(self, path: str, *args, **kwargs) -> None:
@@ -214,21 +208,14 @@ class Embedder(SentenceTransformer):
             return torch.empty(0, self.get_embedding_dimension())
         self.eval()
         ids = transformer.tokenize_texts(texts, prompt)
-        lengths = np.array([len(x) for x in ids])
-        batches = token_budget_batches(lengths, batch_tokens)
-
-        device = transformer.model.device
         prompt_length = transformer.prompt_length(prompt) if prompt else None
         out = [None] * len(texts)
-        with _progress(show_progress_bar, int(lengths.sum())) as (progress, task):
-            for batch in batches:
-                batch_lengths = torch.as_tensor(lengths[batch])
-                packed_ids = torch.tensor([t for i in batch for t in ids[i]], device=device)
-                cu_seqlens = torch.nn.functional.pad(batch_lengths.cumsum(0), (1, 0)).to(device)
-                hidden = transformer.model(packed_ids, cu_seqlens=cu_seqlens).last_hidden_state
+        with TokenProgress(show_progress_bar, total=sum(map(len, ids))) as progress:
+            for batch, hidden, cu_seqlens in encode_packed(transformer.model, ids, batch_tokens):
                 # stock modules after the first expect padded token embeddings
-                attention_mask = torch.arange(int(batch_lengths.max()))[None] < batch_lengths[:, None]
-                attention_mask = attention_mask.to(device)
+                batch_lengths = cu_seqlens.diff()
+                attention_mask = torch.arange(int(batch_lengths.max()), device=hidden.device)[None] \
+                    < batch_lengths[:, None]
                 token_embeddings = hidden.new_zeros(*attention_mask.shape, hidden.shape[-1])
                 token_embeddings[attention_mask] = hidden
                 features = {"token_embeddings": token_embeddings, "attention_mask": attention_mask.long()}
@@ -238,27 +225,8 @@ class Embedder(SentenceTransformer):
                     features = module(features)
                 for i, embedding in zip(batch, features["sentence_embedding"].float().cpu()):
                     out[i] = embedding
-                progress.advance(task, int(batch_lengths.sum()))
+                progress.advance(len(hidden))
         return torch.stack(out)
-
-
-class _progress:
-    """A rich progress bar over tokens on stderr, or nothing."""
-
-    def __init__(self, enabled: bool, total_tokens: int):
-        self.progress = Progress(
-            TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
-            TimeRemainingColumn(), disable=not enabled, transient=False,
-            console=Console(stderr=True),  # stdout stays free for results (e.g. --json)
-        )
-        self.total = total_tokens
-
-    def __enter__(self):
-        self.progress.start()
-        return self.progress, self.progress.add_task("encoding", total=self.total)
-
-    def __exit__(self, *exc):
-        self.progress.stop()
 
 
 def _stock_module_class(class_ref: str, source: Path):
@@ -286,42 +254,26 @@ def load_embedder(
 
     The Transformer module runs our unpadded encoder; Pooling, Normalize and other modules are
     sentence-transformers' own. `prompts` (e.g. {"query": "search_query: "}) override the saved
-    ones; models in `KNOWN_PROMPTS` get theirs when the saved config has none. dtype defaults to
+    ones; models in `encoder.layout.KNOWN_PROMPTS` get theirs when the saved config has none. dtype defaults to
     float32 on CPU and bfloat16 on CUDA; max_length caps the tokens per input.
     """
-    directory = resolve_embedder_dir(name_or_path, revision)
+    layout = read_layout(name_or_path, revision)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     transformer_kwargs = dict(device=device, dtype=dtype, max_seq_length=max_length)
-
-    modules_path = directory / "modules.json"
-    if modules_path.is_file():
-        modules = []
-        for entry in json.loads(modules_path.read_text()):
-            class_ref = entry["type"]
-            if class_ref.rsplit(".", 1)[-1] == "Transformer" and class_ref.startswith("sentence_transformers."):
-                modules.append(ModernBertTransformer.load(str(directory), entry["path"], **transformer_kwargs))
-            else:
-                module_class = _stock_module_class(class_ref, modules_path)
-                modules.append(module_class.load(str(directory), subfolder=entry["path"]))
-        if not isinstance(modules[0], ModernBertTransformer):
-            raise CheckpointError(f"{modules_path}: the first module is not a Transformer module")
-    elif (directory / "config.json").is_file():
-        transformer = ModernBertTransformer.load(str(directory), **transformer_kwargs)
+    modules = []
+    for entry in layout.modules:
+        if entry.is_transformer:
+            modules.append(ModernBertTransformer.load(str(layout.directory), entry.path, **transformer_kwargs))
+        else:
+            module_class = _stock_module_class(entry.class_ref, layout.directory / "modules.json")
+            modules.append(module_class.load(str(layout.directory), subfolder=entry.path))
+    if not modules:
+        transformer = ModernBertTransformer.load(str(layout.directory), **transformer_kwargs)
         modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")]
-    else:
-        raise CheckpointError(f"{directory}: neither modules.json nor config.json found")
-
-    st_config_path = directory / "config_sentence_transformers.json"
-    st_config = json.loads(st_config_path.read_text()) if st_config_path.is_file() else {}
-    model_prompts = {k: v for k, v in (st_config.get("prompts") or {}).items() if v}
-    if not model_prompts:
-        model_prompts = dict(KNOWN_PROMPTS.get(str(name_or_path), {}))
-    model_prompts.update(prompts or {})
-    model = Embedder(
+    return ModernBertSentenceTransformer(
         modules=modules,
         device=str(device),
-        prompts=model_prompts,
-        default_prompt_name=st_config.get("default_prompt_name"),
-        similarity_fn_name=st_config.get("similarity_fn_name"),
+        prompts={**layout.prompts, **(prompts or {})},
+        default_prompt_name=layout.default_prompt_name,
+        similarity_fn_name=layout.similarity_fn_name,
     )
-    return model

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoder.attention import AttentionPlan, check_backend, default_backend, varlen_attention
+from encoder.checkpoint import load_checkpoint_into, save_checkpoint
 from encoder.config import ModernBertConfig
 
 ACTIVATIONS = {
@@ -264,8 +265,6 @@ class ModernBertPreTrainedModel(nn.Module):
 
         dtype defaults to float32 on CPU and bfloat16 on CUDA.
         """
-        from encoder.checkpoint import load_checkpoint_into
-
         device = torch.device(device or "cpu")
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -274,8 +273,6 @@ class ModernBertPreTrainedModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | Path) -> None:
         """Writes config.json + model.safetensors, loadable by transformers' from_pretrained."""
-        from encoder.checkpoint import save_checkpoint
-
         save_checkpoint(self, save_directory)
 
 

@@ -8,6 +8,7 @@ import platform
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -21,24 +22,17 @@ def main() -> None:
     """Evaluate models: BEIR folders, mteb tasks, synthetic long-context tasks."""
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for package in ("modernbert-retriever", "torch", "transformers", "sentence-transformers", "bm25s",
-                    "pytrec-eval-terrier", "mteb"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return versions
+# The packages whose versions decide an evaluation's figures, recorded in every report.
+REPORT_PACKAGES = ("modernbert-retriever", "torch", "transformers", "sentence-transformers", "bm25s",
+                   "pytrec-eval-terrier", "mteb")
 
 
 def _open_model(name: str, device: str | None, max_length: int):
     """The model, or one error line and exit status 2."""
     from encoder import CheckpointError
     from evals.beir import open_model
-    from retriever.index import DEFAULT_MODEL, RetrieverError, default_model_path
+    from retriever.errors import RetrieverError
+    from retriever.index import DEFAULT_MODEL, default_model_path
 
     try:
         return open_model(default_model_path() if name == DEFAULT_MODEL else name, device=device,
@@ -61,11 +55,26 @@ def _model_facts(model) -> dict:
 
 
 def _run_facts(started: float) -> dict:
+    from retriever.manifest import package_versions
+
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": {"python": platform.python_version(), **package_versions(REPORT_PACKAGES)},
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
+
+
+def _write_report(output: Path, name: str, report: dict[str, Any], title: str, table: str, json_output: bool,
+                  written: str) -> None:
+    """NAME.json and NAME.md in `output`; the report as JSON on stdout, or the table and where the files are."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (output / f"{name}.md").write_text(f"# {title}\n\n{table}")
+    if json_output:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        Console().print(table)
+        console.print(f"{written} in {output}/{name}*")
 
 
 def _slug(text: str) -> str:
@@ -92,10 +101,9 @@ def beir(
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """nDCG@10, Recall@100, MRR@10 and MAP@100 of a model on a BEIR folder, plus its TREC run file."""
-    from evals.beir import (
-        BeirFormatError, bm25_run, dense_run, evaluate, load_beir, markdown_table, reciprocal_rank_fusion,
-        write_trec_run,
-    )
+    from evals.beir import bm25_run, dense_run, evaluate, fuse_runs, markdown_table
+    from retriever.beir import BeirFormatError, load_beir
+    from retriever.trec import write_trec_run
 
     started = time.perf_counter()
     try:
@@ -109,7 +117,7 @@ def beir(
     runs = {"dense": dense_run(embedder, dataset, k=k, batch_tokens=batch_tokens)}
     if hybrid:
         runs["bm25"] = bm25_run(dataset, k=k)
-        runs["hybrid"] = reciprocal_rank_fusion([runs["dense"], runs["bm25"]], k=k)
+        runs["hybrid"] = fuse_runs([runs["dense"], runs["bm25"]], k=k)
 
     name = f"{_slug(directory.name)}-{split}-{_slug(model)}"
     output.mkdir(parents=True, exist_ok=True)
@@ -125,15 +133,10 @@ def beir(
         **_run_facts(started),
         "results": results,
     }
-    (output / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = [{"method": method, **metrics} for method, metrics in results.items()]
     table = markdown_table(rows, ["method", "ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"])
-    (output / f"{name}.md").write_text(f"# {directory.name} ({split}), {model}\n\n{table}")
-    if json_output:
-        print(json.dumps(report, indent=2))
-    else:
-        Console().print(table)
-        console.print(f"results, table and run files in {output}/{name}*")
+    _write_report(output, name, report, f"{directory.name} ({split}), {model}", table, json_output,
+                  "results, table and run files")
 
 
 @app.command()
@@ -175,18 +178,13 @@ def longctx(
         "tasks": task_list, "lengths": length_list, "docs": docs, "seed": seed, "models": report_models,
         **_run_facts(started),
     }
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "longctx.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = [{"task": task, "length": length, **{name: scores[name][task][length] for name in models}}
             for task in task_list for length in length_list]
     table = markdown_table(rows, ["task", "length", *models])
-    (output / "longctx.md").write_text(f"# Long-context retrieval, nDCG@1 ({docs} documents per cell)\n\n{table}")
+    output.mkdir(parents=True, exist_ok=True)
     plot(scores, output / "longctx.png")
-    if json_output:
-        print(json.dumps(report, indent=2))
-    else:
-        Console().print(table)
-        console.print(f"results, table and plot in {output}/longctx.*")
+    _write_report(output, "longctx", report, f"Long-context retrieval, nDCG@1 ({docs} documents per cell)", table,
+                  json_output, "results, table and plot")
 
 
 @app.command("mteb")
@@ -206,7 +204,7 @@ def mteb_command(
     """Runs mteb (v2) tasks on a model through mteb's encoder protocol (query/document prompts)."""
     import mteb
 
-    from evals.beir import BeirFormatError, markdown_table
+    from evals.beir import markdown_table
     from evals.mteb_tasks import load_local_copy, longctx_mteb_task, mteb_encoder
 
     started = time.perf_counter()
@@ -230,7 +228,7 @@ def mteb_command(
         if task.metadata.name in local_copies:
             try:
                 load_local_copy(task, Path(local_copies[task.metadata.name]))
-            except (BeirFormatError, ValueError) as e:
+            except ValueError as e:  # a BeirFormatError included
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(2) from None
             continue
@@ -248,14 +246,6 @@ def mteb_command(
         split_scores = {split: entries[0] for split, entries in task_result.scores.items()}
         scores[task_result.task_name] = {"main_score": task_result.get_score(), "splits": split_scores}
     report = {"model": model, **_model_facts(embedder), **_run_facts(started), "results": scores}
-    output.mkdir(parents=True, exist_ok=True)
-    name = f"mteb-{_slug(model)}"
-    (output / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     rows = [{"task": task, "main score": s["main_score"]} for task, s in scores.items()]
     table = markdown_table(rows, ["task", "main score"])
-    (output / f"{name}.md").write_text(f"# mteb, {model}\n\n{table}")
-    if json_output:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        Console().print(table)
-        console.print(f"results and table in {output}/{name}.*")
+    _write_report(output, f"mteb-{_slug(model)}", report, f"mteb, {model}", table, json_output, "results and table")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import random
 
-from evals.beir import BeirDataset, Run
+from retriever.beir import BeirDataset
+from retriever.documents import Document
+from retriever.trec import Run
 
 LENGTHS = (256, 512, 1024, 2048, 4096, 8192)
 TASKS = ("passkey", "needle")
@@ -101,7 +103,8 @@ def generate(task: str, tokenizer, length: int, num_docs: int = 50, seed: int = 
             secret = f"{name}'s favourite {thing} is {rng.choice(_THINGS[thing])}."
             query = f"what is {name}'s favourite {thing}?"
             filler = _haystack_sentence
-        corpus[f"{task}-{length}-d{i}"] = _document(tokenizer, length, secret, filler, rng)
+        doc_id = f"{task}-{length}-d{i}"
+        corpus[doc_id] = Document(id=doc_id, text=_document(tokenizer, length, secret, filler, rng))
         queries[f"{task}-{length}-q{i}"] = query
         qrels[f"{task}-{length}-q{i}"] = {f"{task}-{length}-d{i}": 1}
     return BeirDataset(corpus, queries, qrels)

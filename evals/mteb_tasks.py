@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from evals.beir import BeirDataset, load_beir
 from evals.longctx import generate
+from retriever.beir import BeirDataset, load_beir
+from retriever.documents import embedding_input
 
 
 def mteb_encoder(model):
@@ -21,7 +22,9 @@ def _split_data(dataset: BeirDataset):
     from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 
     return RetrievalSplitData(
-        corpus=Dataset.from_list([{"id": i, "text": t, "title": ""} for i, t in dataset.corpus.items()]),
+        # the text the index embeds, whole: mteb would join a separate title with a space instead
+        corpus=Dataset.from_list([{"id": i, "text": embedding_input(d), "title": ""}
+                                  for i, d in dataset.corpus.items()]),
         queries=Dataset.from_list([{"id": i, "text": t} for i, t in dataset.queries.items()]),
         relevant_docs=dataset.qrels,
         top_ranked=None,

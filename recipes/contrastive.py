@@ -51,14 +51,15 @@ def read_pairs(sources: list[str], max_pairs: int = 0) -> list[dict[str, str]]:
     """(query, positive[, negative]) dicts from JSONL files (gzip too) or BEIR folders' train qrels."""
     import gzip
 
-    from evals.beir import load_beir
+    from retriever.beir import load_beir
+    from retriever.documents import embedding_input
 
     pairs: list[dict[str, str]] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
             dataset = load_beir(path, "train")
-            pairs += [{"query": dataset.queries[q], "positive": dataset.corpus[d]}
+            pairs += [{"query": dataset.queries[q], "positive": embedding_input(dataset.corpus[d])}
                       for q, docs in dataset.qrels.items() for d, rel in docs.items() if rel > 0]
             continue
         opener = gzip.open if path.suffix == ".gz" else open
@@ -112,7 +113,8 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     from encoder import load_embedder
-    from evals.beir import load_beir
+    from retriever.beir import load_beir
+    from retriever.documents import embedding_input
 
     if config.loss not in ("mnrl", "cached_mnrl"):
         raise ValueError(f"loss must be mnrl or cached_mnrl, got {config.loss!r}")
@@ -137,7 +139,7 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
     if config.eval_data:
         dev = load_beir(config.eval_data, config.eval_split)
         evaluator = InformationRetrievalEvaluator(
-            queries=dev.queries, corpus=dev.corpus,
+            queries=dev.queries, corpus={d: embedding_input(doc) for d, doc in dev.corpus.items()},
             relevant_docs={q: {d for d, rel in docs.items() if rel > 0} for q, docs in dev.qrels.items()},
             name=f"{Path(config.eval_data).name}-{config.eval_split}",
             query_prompt=query_prompt, corpus_prompt=document_prompt, show_progress_bar=False,

@@ -5,8 +5,8 @@ Sources (licences in retriever/default_model/README.md):
   Wikipedia, 69% of the pairs there, becomes about a quarter of the mix; whole Wikipedia
   articles are kept together (`group`) so the training can rebuild long articles from them;
 - Debian's package descriptions (apt's Translation-en lists): synopsis -> long description;
-- manual pages (evals/longdocs.py renders them): NAME line -> page, the long documents; the
-  fifth of pages held out for evaluation (`evals.longdocs.is_held_out`) is never read;
+- manual pages (recipes/man_pages.py renders them): NAME line -> page, the long documents; the
+  fifth of pages held out for evaluation (`recipes.man_pages.is_held_out`) is never read;
 - a sample of the raw texts of `../shared/data/train`, for distillation.
 
 It writes three xz-compressed JSON Lines files (xz: the bundle travels to a GPU machine whose
@@ -133,7 +133,7 @@ def debian_pairs(rng: random.Random, lists: Path = APT_LISTS) -> list[dict]:
 
 def man_pages(rng: random.Random) -> list[dict]:
     """Training manual pages (never the held-out fifth), NAME query -> page."""
-    from evals.longdocs import is_held_out, page_files, render_pages
+    from recipes.man_pages import is_held_out, page_files, render_pages
 
     files = [p for p in page_files() if not is_held_out(p.name.removesuffix(".gz"))]
     files = rng.sample(files, min(MAN_PAGES, len(files)))

@@ -16,8 +16,8 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 # the public API and the module that holds each name, imported on first use: `retriever --version`
 # and the CLI's start need no torch or faiss
 _API = {
-    "Retriever": "index", "Hit": "index", "UpdateReport": "index", "IndexManifest": "index",
-    "RetrieverError": "index", "Document": "documents", "Chunking": "embedding",
+    "Retriever": "index", "Hit": "index", "UpdateReport": "index", "IndexManifest": "manifest",
+    "RetrieverError": "errors", "Document": "documents", "Chunking": "embedding",
 }
 
 

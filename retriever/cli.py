@@ -1,42 +1,19 @@
-"""The `retriever` command: index, search, info, remove; and bench, eval, train."""
+"""The search commands of `retriever`: index, search, info, remove. The `retriever` console script
+(`retriever_command.py`) adds the train, eval and bench sub-apps to these."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 from pathlib import Path
 
 import typer
 
-from evals.bench import app as bench_app
-from evals.cli import app as eval_app
-from recipes.cli import app as train_app
-from retriever import __version__
-
 app = typer.Typer(no_args_is_help=True, help="Encoder-based search built on ModernBERT.")
-app.add_typer(bench_app, name="bench", help="Speed benchmarks against the reference implementations.")
-app.add_typer(eval_app, name="eval", help="Evaluate models on retrieval benchmarks.")
-app.add_typer(train_app, name="train", help="Train models with the recipes.")
 
 INDEX_HELP = "Index folder (default ./.retriever; or set RETRIEVER_INDEX)."
 SNIPPET_CHARS = 240
 SHOWN_PROBLEMS = 20
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"retriever {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="Print the version and exit."),
-) -> None:
-    """Encoder-based search built on ModernBERT."""
 
 
 def _fail(message: str, code: int = 2):
@@ -46,9 +23,9 @@ def _fail(message: str, code: int = 2):
 
 def _errors():
     """The exceptions that are the user's input, not our bug: one line each, no traceback."""
-    from encoder.checkpoint import CheckpointError
+    from encoder.hub import CheckpointError
     from retriever.documents import CorpusError
-    from retriever.index import RetrieverError
+    from retriever.errors import RetrieverError
     from retriever.vectors import VectorIndexError
 
     return (RetrieverError, CorpusError, CheckpointError, VectorIndexError, ValueError, OSError)
@@ -88,7 +65,8 @@ def index(
     embedded, documents of these paths that are gone are removed, unchanged ones are kept."""
     from retriever.documents import read_corpus
     from retriever.embedding import Chunking
-    from retriever.index import DEFAULT_INDEX_DIR, MANIFEST, IndexManifest, Retriever
+    from retriever.index import DEFAULT_INDEX_DIR, Retriever
+    from retriever.manifest import MANIFEST, IndexManifest
 
     index_dir = index_dir or DEFAULT_INDEX_DIR
     console = _stderr()
@@ -162,20 +140,23 @@ def search(
     if (query is None) == (queries is None):
         _fail("give either a QUERY or --queries FILE")
     try:
+        if queries is not None:
+            from retriever.beir import read_queries
+
+            query_texts = read_queries(queries)
         retriever = Retriever.open(index_dir or DEFAULT_INDEX_DIR, device=device)
         if queries is not None:
-            query_ids, texts = _read_queries(queries)
-            results = retriever.search_batch(texts, k=k, hybrid=hybrid)
+            results = retriever.search_batch(list(query_texts.values()), k=k, hybrid=hybrid)
         else:
             results = [retriever.search(query, k=k, hybrid=hybrid)]
     except _errors() as e:
         _fail(str(e))
     if queries is not None:
-        from evals.beir import write_trec_run
+        from retriever.trec import write_trec_run
 
         tag = "hybrid" if hybrid else "dense"
-        write_trec_run({qid: {h.id: h.score for h in hits} for qid, hits in zip(query_ids, results)}, output, tag)
-        _stderr().print(f"{len(query_ids)} queries searched; TREC run written to {output}")
+        write_trec_run({qid: {h.id: h.score for h in hits} for qid, hits in zip(query_texts, results)}, output, tag)
+        _stderr().print(f"{len(query_texts)} queries searched; TREC run written to {output}")
         return
     hits = results[0]
     if json_output:
@@ -183,34 +164,6 @@ def search(
                          ensure_ascii=False, indent=2))
         return
     _print_hits(query, hits)
-
-
-def _read_queries(path: Path) -> tuple[list[str], list[str]]:
-    if not path.is_file():
-        _fail(f"{path}: no such file")
-    ids, texts = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                row = json.loads(line)
-                qid, text = str(row.get("_id", row.get("id", number))), row["text"]
-            except (json.JSONDecodeError, KeyError, AttributeError):
-                _fail(f"{path}:{number}: expected a JSON object with a 'text' field")
-        elif path.suffix == ".tsv":
-            qid, _, text = line.partition("\t")
-            if not text:
-                _fail(f"{path}:{number}: expected id<TAB>query")
-        else:
-            qid, text = str(number), line
-        if not text.strip():
-            _fail(f"{path}:{number}: empty query")
-        ids.append(qid)
-        texts.append(text)
-    if not ids:
-        _fail(f"{path}: no queries")
-    return ids, texts
 
 
 def snippet(passage: str, query: str, width: int = SNIPPET_CHARS) -> str:
@@ -307,25 +260,3 @@ def remove(
         console.print(f"not in the index: {', '.join(report.missing)}", highlight=False)
         if not report.removed:
             raise typer.Exit(1)
-
-
-# Read-only commands end with os._exit once their output is flushed: torch's interpreter teardown
-# takes ~0.4 s, a fifth of a cold `retriever search`.
-_FAST_EXIT = {"search", "info"}
-
-
-def run() -> None:
-    """The `retriever` console script."""
-    try:
-        app()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if len(sys.argv) > 1 and sys.argv[1] in _FAST_EXIT:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        raise
-
-
-if __name__ == "__main__":
-    run()

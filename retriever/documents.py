@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PLAIN_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".html", ".htm"}
-RECORD_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 ID_COLUMNS = ("_id", "id")
 # Bytes looked at to tell a binary file from text.
 _SNIFF_BYTES = 8192
@@ -83,6 +81,15 @@ def as_document(item: dict | str, position: int) -> Document:
         raise ValueError(f"document {position}: {e}") from None
 
 
+def embedding_input(document: Document) -> str:
+    """What is embedded for a document: its title, a newline and its text, as dense retrievers are
+    trained and evaluated (BEIR's "title text"); the text alone when it opens with its title."""
+    title = document.title.strip()
+    if not title or title.lower() in document.text[: len(title) + 200].lower():
+        return document.text
+    return f"{title}\n{document.text}"
+
+
 def read_corpus(paths: list[str | Path]) -> Corpus:
     """All documents under `paths` (possibly none), with every skipped file or row listed, ids unique."""
     documents: list[Document] = []
@@ -112,71 +119,88 @@ def _files(path: Path) -> Iterator[tuple[Path, str]]:
         relative = file.relative_to(path)
         if any(part.startswith(".") for part in relative.parts):
             continue  # .git, .retriever, editor files
-        if file.is_file() and file.suffix.lower() in PLAIN_SUFFIXES | RECORD_SUFFIXES:
+        if file.is_file() and file.suffix.lower() in READERS:
             yield file, relative.as_posix()
 
 
 def _read_file(file: Path, doc_id: str) -> Iterator[Document | Problem]:
     suffix = file.suffix.lower()
-    if suffix not in PLAIN_SUFFIXES | RECORD_SUFFIXES:
+    if suffix not in READERS:
         yield Problem(str(file), f"unsupported file type {suffix or '(none)'}; expected one of "
-                                 f"{', '.join(sorted(PLAIN_SUFFIXES | RECORD_SUFFIXES))}")
+                                 f"{', '.join(sorted(READERS))}")
         return
     try:
         data = file.read_bytes()
     except OSError as e:
         yield Problem(str(file), f"cannot read: {e.strerror or e}")
         return
-    if b"\0" in data[:_SNIFF_BYTES] and suffix != ".parquet":
-        yield Problem(str(file), "binary file, not text")
-        return
-    source = str(file.resolve())
-    if suffix == ".parquet" or suffix == ".csv":
-        yield from _read_table(file, suffix, source)
-        return
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        yield Problem(str(file), f"not valid UTF-8 (byte {e.start})")
-        return
-    if suffix == ".jsonl":
-        yield from _read_jsonl(file, text, source)
-    elif suffix == ".json":
-        yield from _read_json(file, text, source)
-    else:
-        yield from _read_plain(file, text, doc_id, source)
+    yield from READERS[suffix](file, data, doc_id, str(file.resolve()))
 
 
-def _read_plain(file: Path, text: str, doc_id: str, source: str) -> Iterator[Document | Problem]:
-    suffix = file.suffix.lower()
-    title = ""
-    if suffix in (".html", ".htm"):
-        title, text = html_text(text)
-    elif suffix in (".md", ".markdown"):
-        title = next((line.lstrip("#").strip() for line in text.splitlines() if line.startswith("# ")), "")
-    elif suffix == ".rst":
-        lines = text.strip().splitlines()
-        if len(lines) > 1 and lines[1].strip() and set(lines[1].strip()) <= set("=-~#*^\"'"):
-            title = lines[0].strip()
-    if not text.strip():
-        yield Problem(str(file), "empty document")
-        return
-    yield Document(id=doc_id, text=text, title=title or file.stem, source=source)
+# ---- the readers: (file, its bytes, id of a plain document, source) -> documents and problems ----
+
+def _text_reader(read_text):
+    """A reader of a text format: binary files and invalid UTF-8 are problems, the rest is decoded."""
+    def read(file: Path, data: bytes, doc_id: str, source: str) -> Iterator[Document | Problem]:
+        if b"\0" in data[:_SNIFF_BYTES]:
+            yield Problem(str(file), "binary file, not text")
+            return
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield Problem(str(file), f"not valid UTF-8 (byte {e.start})")
+            return
+        yield from read_text(file, text, doc_id, source)
+
+    return read
 
 
-def _read_jsonl(file: Path, text: str, source: str) -> Iterator[Document | Problem]:
+def _page_reader(title_and_text):
+    """A reader of a plain format: one document per file, its title found by `title_and_text`
+    (the file name when there is none)."""
+    def read(file: Path, text: str, doc_id: str, source: str) -> Iterator[Document | Problem]:
+        title, text = title_and_text(text)
+        if not text.strip():
+            yield Problem(str(file), "empty document")
+            return
+        yield Document(id=doc_id, text=text, title=title or file.stem, source=source)
+
+    return _text_reader(read)
+
+
+def _untitled(text: str) -> tuple[str, str]:
+    return "", text
+
+
+def _markdown_title(text: str) -> tuple[str, str]:
+    return next((line.lstrip("#").strip() for line in text.splitlines() if line.startswith("# ")), ""), text
+
+
+def _rst_title(text: str) -> tuple[str, str]:
+    lines = text.strip().splitlines()
+    underlined = len(lines) > 1 and lines[1].strip() and set(lines[1].strip()) <= set("=-~#*^\"'")
+    return (lines[0].strip() if underlined else ""), text
+
+
+def read_jsonl(file: Path, text: str, source: str) -> Iterator[tuple[int, Document | Problem]]:
+    """(line number, document or problem) for each non-blank line of a JSON Lines file."""
     for line_number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            yield Problem(str(file), f"invalid JSON ({e.msg})", line_number)
+            yield line_number, Problem(str(file), f"invalid JSON ({e.msg})", line_number)
             continue
-        yield _row_document(row, file, line_number, source)
+        yield line_number, _row_document(row, file, line_number, source)
 
 
-def _read_json(file: Path, text: str, source: str) -> Iterator[Document | Problem]:
+def _read_jsonl(file: Path, text: str, doc_id: str, source: str) -> Iterator[Document | Problem]:
+    for _, item in read_jsonl(file, text, source):
+        yield item
+
+
+def _read_json(file: Path, text: str, doc_id: str, source: str) -> Iterator[Document | Problem]:
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as e:
@@ -192,20 +216,26 @@ def _read_json(file: Path, text: str, source: str) -> Iterator[Document | Proble
         yield _row_document(row, file, index, source)
 
 
-def _read_table(file: Path, suffix: str, source: str) -> Iterator[Document | Problem]:
-    import datasets
+def _table_reader(kind: str):
+    """A reader of a table format through `datasets` (csv: rows numbered as lines, after the header)."""
+    def read(file: Path, data: bytes, doc_id: str, source: str) -> Iterator[Document | Problem]:
+        if kind == "csv" and b"\0" in data[:_SNIFF_BYTES]:
+            yield Problem(str(file), "binary file, not text")
+            return
+        import datasets
 
-    datasets.disable_progress_bars()
-    try:
-        table = datasets.Dataset.from_parquet(str(file)) if suffix == ".parquet" else \
-            datasets.Dataset.from_csv(str(file), keep_default_na=False)
-    except Exception as e:  # pyarrow and pandas raise many kinds; one line for the user
-        yield Problem(str(file), f"cannot read {suffix[1:]}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        return
-    # csv: data rows start at line 2 (after the header); parquet: rows from 1
-    first = 2 if suffix == ".csv" else 1
-    for index, row in enumerate(table):
-        yield _row_document(row, file, first + index, source)
+        datasets.disable_progress_bars()
+        try:
+            table = datasets.Dataset.from_parquet(str(file)) if kind == "parquet" else \
+                datasets.Dataset.from_csv(str(file), keep_default_na=False)
+        except Exception as e:  # pyarrow and pandas raise many kinds; one line for the user
+            yield Problem(str(file), f"cannot read {kind}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            return
+        first = 2 if kind == "csv" else 1
+        for index, row in enumerate(table):
+            yield _row_document(row, file, first + index, source)
+
+    return read
 
 
 def _row_document(row, file: Path, line: int, source: str) -> Document | Problem:
@@ -293,3 +323,14 @@ def html_text(markup: str) -> tuple[str, str]:
     parser.close()
     lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
     return " ".join("".join(parser.title_parts).split()), "\n".join(line for line in lines if line)
+
+
+# One entry per file format: suffix -> reader.
+_markdown = _page_reader(_markdown_title)
+_html = _page_reader(html_text)
+READERS = {
+    ".txt": _page_reader(_untitled), ".md": _markdown, ".markdown": _markdown, ".rst": _page_reader(_rst_title),
+    ".html": _html, ".htm": _html,
+    ".jsonl": _text_reader(_read_jsonl), ".json": _text_reader(_read_json),
+    ".csv": _table_reader("csv"), ".parquet": _table_reader("parquet"),
+}

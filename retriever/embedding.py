@@ -1,8 +1,9 @@
 """Documents -> tokens -> encoder -> vectors, for indexing and for queries.
 
-`EmbeddingModel` opens a ModernBERT embedding model in the sentence-transformers layout
-(Transformer, Pooling with mean or CLS, optional Dense and Normalize) with our encoder and the model's own
-`tokenizer.json`, and pools the packed token states itself. It gives the vectors that
+`PassageEncoder` opens a ModernBERT embedding model in the sentence-transformers layout
+(`encoder.layout.read_layout`: Transformer, Pooling with mean or CLS, optional Dense and
+Normalize) with our encoder and the model's own `tokenizer.json`, and pools the packed token
+states itself. It gives the vectors that
 `encoder.load_embedder(...).encode` gives (tests hold the two together), without importing
 sentence-transformers, whose import alone would take longer than a cold `retriever search` may.
 
@@ -23,16 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from encoder.checkpoint import CheckpointError
-from encoder.layout import DEFAULT_BATCH_TOKENS, KNOWN_PROMPTS, resolve_embedder_dir, token_budget_batches
+from encoder.batching import DEFAULT_BATCH_TOKENS, encode_packed
+from encoder.hub import CheckpointError
+from encoder.layout import read_json, read_layout
 from encoder.model import ModernBertModel
+from encoder.progress import TokenProgress
 
 CHUNKING_MODES = ("window", "late")
 # Tokens held back from each window for the prompt's re-tokenisation at the cut.
@@ -71,7 +73,9 @@ class _Input:
     spans: list[tuple[int, int, int, int]]  # (first token, end token, start char, end char) per passage
 
 
-class EmbeddingModel:
+class PassageEncoder:
+    """Queries -> vectors, documents -> passages and their vectors, for the index."""
+
     def __init__(self, directory: Path, name: str, model: ModernBertModel, tokenizer, *, pooling: str,
                  include_prompt: bool, dense: list[_Dense], normalize: bool, prompts: dict[str, str],
                  max_length: int, lowercase: bool):
@@ -96,44 +100,29 @@ class EmbeddingModel:
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | None = None, max_length: int | None = None
-             ) -> EmbeddingModel:
+             ) -> PassageEncoder:
         from tokenizers import Tokenizer
 
-        directory = resolve_embedder_dir(name_or_path)
-        modules_path = directory / "modules.json"
-        pooling, include_prompt, normalize, transformer_path = "mean", True, False, ""
-        dense: list[_Dense] = []
-        if modules_path.is_file():
-            for entry in json.loads(modules_path.read_text()):
-                kind = entry["type"].rsplit(".", 1)[-1]
-                if kind == "Transformer":
-                    transformer_path = entry["path"]
-                elif kind == "Pooling":
-                    pooling, include_prompt = _pooling(directory / entry["path"] / "config.json")
-                elif kind == "Dense":
-                    dense.append(_Dense.load(directory / entry["path"], device or "cpu"))
-                elif kind == "Normalize":
-                    normalize = True
-                else:
-                    raise CheckpointError(f"{modules_path}: module {entry['type']} is not supported by the "
-                                          "retriever (Transformer, Pooling (mean or CLS), Dense and Normalize "
-                                          "are)")
-        transformer_dir = directory / transformer_path
-        tokenizer_file = transformer_dir / "tokenizer.json"
+        layout = read_layout(name_or_path)
+        supported = {"Transformer", "Pooling", "Dense", "Normalize"}
+        if unsupported := [m.class_ref for m in layout.modules if m.kind not in supported]:
+            raise CheckpointError(f"{layout.directory / 'modules.json'}: module {unsupported[0]} is not supported "
+                                  "by the retriever (Transformer, Pooling (mean or CLS), Dense and Normalize are)")
+        if layout.pooling not in (("mean",), ("cls",)):
+            raise CheckpointError(f"{layout.directory}: pooling {list(layout.pooling)} is not supported by the "
+                                  "retriever (mean or cls)")
+        dense = [_Dense.load(layout.directory / m.path, device or "cpu") for m in layout.modules if m.kind == "Dense"]
+        tokenizer_file = layout.transformer_dir / "tokenizer.json"
         if not tokenizer_file.is_file():
-            raise CheckpointError(f"{transformer_dir}: no tokenizer.json (a fast tokenizer is needed)")
-        module_config = _json(transformer_dir / "sentence_bert_config.json")
-        st_config = _json(directory / "config_sentence_transformers.json")
-        prompts = {k: v for k, v in (st_config.get("prompts") or {}).items() if v} \
-            or dict(KNOWN_PROMPTS.get(str(name_or_path), {}))
+            raise CheckpointError(f"{layout.transformer_dir}: no tokenizer.json (a fast tokenizer is needed)")
         # cosine similarity (the sentence-transformers default) is inner product of unit vectors
-        normalize = normalize or st_config.get("similarity_fn_name") in (None, "cosine")
-        model = ModernBertModel.from_pretrained(transformer_dir, device=device or "cpu")
-        limit = min(filter(None, [max_length, module_config.get("max_seq_length"),
-                                  model.config.max_position_embeddings]))
-        return cls(directory, str(name_or_path), model, Tokenizer.from_file(str(tokenizer_file)),
-                   pooling=pooling, include_prompt=include_prompt, dense=dense, normalize=normalize,
-                   prompts=prompts, max_length=limit, lowercase=bool(module_config.get("do_lower_case")))
+        normalize = any(m.kind == "Normalize" for m in layout.modules) \
+            or layout.similarity_fn_name in (None, "cosine")
+        model = ModernBertModel.from_pretrained(layout.transformer_dir, device=device or "cpu")
+        limit = min(filter(None, [max_length, layout.max_seq_length, model.config.max_position_embeddings]))
+        return cls(layout.directory, str(name_or_path), model, Tokenizer.from_file(str(tokenizer_file)),
+                   pooling=layout.pooling[0], include_prompt=layout.include_prompt, dense=dense,
+                   normalize=normalize, prompts=layout.prompts, max_length=limit, lowercase=layout.do_lower_case)
 
     def fingerprint(self) -> str:
         """sha256 of the weights, the tokenizer, the pooling and the prompts: what makes the vectors,
@@ -235,16 +224,14 @@ class EmbeddingModel:
 
     @torch.inference_mode()
     def _run(self, inputs: list[_Input], prompt: str, batch_tokens: int,
-             advance: Callable[[int], None] | None) -> tuple[np.ndarray, list[Passage]]:
-        device = self.model.device
+             progress: TokenProgress | None) -> tuple[np.ndarray, list[Passage]]:
         prompt_tokens = len(self.tokenizer.encode(prompt).ids) - (self.sep_id is not None) if prompt else 0
         vectors: list[tuple[int, int, np.ndarray]] = []  # (input, span, vector): put back in input order
-        lengths = np.array([len(x.ids) for x in inputs])
-        for batch in token_budget_batches(lengths, batch_tokens):
-            packed = torch.tensor([t for i in batch for t in inputs[i].ids], device=device)
-            cu_seqlens = torch.tensor(np.concatenate([[0], np.cumsum(lengths[batch])]), device=device)
-            hidden = self.model(packed, cu_seqlens=cu_seqlens).last_hidden_state.float()
-            segment = np.full(len(packed), -1)
+        total = sum(len(x.ids) for x in inputs)
+        for batch, hidden, cu_seqlens in encode_packed(self.model, [x.ids for x in inputs], batch_tokens):
+            hidden = hidden.float()
+            # each passage's rows of the packed states, as one segment id per token (-1: not pooled)
+            segment = np.full(len(hidden), -1)
             keys = []
             for i, seq_start in zip(batch, cu_seqlens[:-1].tolist()):
                 for j, (first, end, _, _) in enumerate(inputs[i].spans):
@@ -252,7 +239,7 @@ class EmbeddingModel:
                         first = max(first, prompt_tokens)
                     segment[seq_start + first: seq_start + (first + 1 if self.pooling == "cls" else end)] = len(keys)
                     keys.append((i, j))
-            segment_t = torch.as_tensor(segment, device=device)
+            segment_t = torch.as_tensor(segment, device=hidden.device)
             rows = segment_t >= 0
             sums = hidden.new_zeros(len(keys), hidden.shape[1]).index_add_(0, segment_t[rows], hidden[rows])
             counts = torch.bincount(segment_t[rows], minlength=len(keys)).clamp(min=1)
@@ -263,8 +250,8 @@ class EmbeddingModel:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
             pooled = pooled.cpu().numpy()
             vectors.extend((i, j, pooled[k]) for k, (i, j) in enumerate(keys))
-            if advance:
-                advance(int(lengths[batch].sum()))
+            if progress is not None:
+                progress.advance(len(hidden), total)
         vectors.sort(key=lambda item: (item[0], item[1]))
         passages = [Passage(inputs[i].doc, inputs[i].spans[j][2], inputs[i].spans[j][3]) for i, j, _ in vectors]
         matrix = np.stack([v for _, _, v in vectors]) if vectors else np.zeros((0, self.dimension), np.float32)
@@ -276,15 +263,13 @@ class EmbeddingModel:
 
     def encode_documents(self, texts: list[str], chunking: Chunking = Chunking(),
                          batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                         progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[Passage]]:
-        """Vectors of every passage of every text (see the module docstring), in text order.
-        `progress(tokens done, tokens in all)` is called after each encoder batch."""
+                         progress: TokenProgress | None = None) -> tuple[np.ndarray, list[Passage]]:
+        """Vectors of every passage of every text (see the module docstring), in text order;
+        `progress` advances by the tokens of each encoder batch."""
         if chunking.mode == "late" and self.pooling != "mean":
             raise ValueError(f"late chunking pools token states by their mean; {self.name} pools by {self.pooling}")
-        inputs = self._document_inputs(texts, chunking)
-        total = sum(len(x.ids) for x in inputs)
-        advance = (lambda n: progress(n, total)) if progress else None
-        return self._run(inputs, self.prompts.get("document", ""), batch_tokens, advance)
+        return self._run(self._document_inputs(texts, chunking), self.prompts.get("document", ""), batch_tokens,
+                         progress)
 
 
 def _starts_word(word_ids: list[int | None], index: int) -> bool:
@@ -319,7 +304,7 @@ class _Dense:
     def load(cls, directory: Path, device: str) -> _Dense:
         from safetensors.torch import load_file
 
-        config = _json(directory / "config.json")
+        config = read_json(directory / "config.json")
         name = config.get("activation_function", "torch.nn.modules.linear.Identity")
         if name not in cls._ACTIVATIONS:
             raise CheckpointError(f"{directory}: Dense activation {name} is not supported (identity or tanh are)")
@@ -332,20 +317,3 @@ class _Dense:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.nn.functional.linear(x, self.weight, None if self.bias is None else self.bias.float())
         return self.activation(x) if self.activation else x
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _pooling(config_path: Path) -> tuple[str, bool]:
-    """(mean or cls, include_prompt) from either generation of the Pooling config."""
-    config = _json(config_path)
-    modes = config.get("pooling_mode")
-    if modes is None:
-        modes = [m for m in ("cls", "mean", "max", "mean_sqrt_len") if config.get(f"pooling_mode_{m}_tokens")
-                 or config.get(f"pooling_mode_{m}_token")]
-    modes = [modes] if isinstance(modes, str) else list(modes)
-    if modes not in (["mean"], ["cls"]):
-        raise CheckpointError(f"{config_path}: pooling {modes} is not supported by the retriever (mean or cls)")
-    return modes[0], bool(config.get("include_prompt", True))

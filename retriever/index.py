@@ -2,11 +2,11 @@
 
 One directory (default `./.retriever`):
 
-    manifest.json    IndexManifest: model and fingerprint, dimension, prompts, chunking, index
-                     type, counts, times, versions, and the generation below that is current
+    manifest.json    IndexManifest (manifest.py): model and fingerprint, dimension, prompts,
+                     chunking, index type, counts, times, versions, and the current generation
     gen-000007/      vectors.faiss (FAISS, ids = chunk ids), store.sqlite (documents and chunks),
                      bm25/ (bm25s over the chunks)
-    .lock            held by the one writer (writer.json says who)
+    .lock            held by the one writer (writer.json says who; commit.py)
 
 A write builds the next generation beside the current one (a copy of the store, the FAISS index
 read afresh, BM25 rebuilt), and commits by replacing manifest.json (write aside, fsync, rename):
@@ -17,58 +17,34 @@ manifest names and keep using it while a writer works.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import json
-import os
 import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from encoder.layout import DEFAULT_BATCH_TOKENS
-from retriever.documents import Corpus, Document, as_document
-from retriever.embedding import Chunking, EmbeddingModel, Passage
+from encoder.batching import DEFAULT_BATCH_TOKENS
+from encoder.progress import TokenProgress
+from retriever.commit import fsync_tree, next_generation, retire_generations, write_lock
+from retriever.documents import Corpus, Document, as_document, embedding_input
+from retriever.embedding import Chunking, Passage, PassageEncoder
+from retriever.errors import IndexExistsError, IndexMismatchError, RetrieverError
 from retriever.fusion import reciprocal_rank_fusion
 from retriever.lexical import LexicalIndex
+from retriever.manifest import MANIFEST, IndexManifest
 from retriever.store import Store
 from retriever.vectors import VectorIndex, VectorIndexError
 
 DEFAULT_INDEX_DIR = Path(".retriever")
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-_LOCK = ".lock"
-_WRITER = "writer.json"
 _VECTORS = "vectors.faiss"
 _STORE = "store.sqlite"
 _BM25 = "bm25"
-
-
-class RetrieverError(Exception):
-    """Base of the errors a user of an index can get; the message says what and where."""
-
-
-class IndexNotFoundError(RetrieverError):
-    pass
-
-
-class IndexExistsError(RetrieverError):
-    pass
-
-
-class IndexMismatchError(RetrieverError):
-    pass
-
-
-class IndexLockedError(RetrieverError):
-    pass
 
 
 def default_model_path() -> Path:
@@ -76,59 +52,6 @@ def default_model_path() -> Path:
     if not (DEFAULT_MODEL_DIR / "modules.json").is_file():
         raise RetrieverError(f"the default model is not installed ({DEFAULT_MODEL_DIR} is missing); pass --model")
     return DEFAULT_MODEL_DIR
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("modernbert-retriever", "faiss-cpu", "faiss-gpu-cu12", "torch", "tokenizers", "bm25s"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-@dataclass
-class IndexManifest:
-    model: str  # as named: "default", a hub id, or a local folder (absolute)
-    model_fingerprint: str
-    dimension: int
-    normalize: bool
-    prompts: dict[str, str]
-    max_length: int
-    chunking: dict
-    index_type: str
-    generation: str = ""
-    documents: int = 0
-    chunks: int = 0
-    created: str = field(default_factory=_now)
-    updated: str = field(default_factory=_now)
-    versions: dict = field(default_factory=_versions)
-    format_version: int = FORMAT_VERSION
-
-    @classmethod
-    def read(cls, directory: Path) -> IndexManifest:
-        path = directory / MANIFEST
-        if not path.is_file():
-            raise IndexNotFoundError(f"{directory}: no index here (no {MANIFEST}); create one with `retriever index`")
-        try:
-            data = json.loads(path.read_text())
-            manifest = cls(**data)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise RetrieverError(f"{path}: not a manifest this version can read ({e})") from None
-        if manifest.format_version != FORMAT_VERSION:
-            raise RetrieverError(f"{path}: index format {manifest.format_version}, this version reads {FORMAT_VERSION}")
-        return manifest
-
-    def write(self, directory: Path) -> None:
-        """Atomically: the commit point of every write."""
-        _write_atomic(directory / MANIFEST, json.dumps(asdict(self), indent=2) + "\n")
 
 
 @dataclass
@@ -167,7 +90,7 @@ class UpdateReport:
 class Retriever:
     """A searchable index of documents. Reads (search, info) are safe from several threads."""
 
-    def __init__(self, directory: Path, manifest: IndexManifest, model: EmbeddingModel | None = None,
+    def __init__(self, directory: Path, manifest: IndexManifest, model: PassageEncoder | None = None,
                  device: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS):
         self.directory = directory
         self.manifest = manifest
@@ -190,16 +113,16 @@ class Retriever:
             raise IndexExistsError(f"{directory}: an index exists here already; open it, or pick another folder")
         VectorIndex.new(index_type, 1)  # the type is checked before the model loads
         name = _model_name(model)
-        embedding_model = EmbeddingModel.load(_model_location(name), device=device, max_length=max_length)
-        if chunking.mode == "late" and embedding_model.pooling != "mean":
+        passage_encoder = PassageEncoder.load(_model_location(name), device=device, max_length=max_length)
+        if chunking.mode == "late" and passage_encoder.pooling != "mean":
             raise IndexMismatchError(f"late chunking needs a mean-pooling model; {name} pools by "
-                                     f"{embedding_model.pooling}")
+                                     f"{passage_encoder.pooling}")
         manifest = IndexManifest(
-            model=name, model_fingerprint=embedding_model.fingerprint(), dimension=embedding_model.dimension,
-            normalize=embedding_model.normalize, prompts=embedding_model.prompts,
-            max_length=embedding_model.max_length, chunking=asdict(chunking), index_type=index_type)
+            model=name, model_fingerprint=passage_encoder.fingerprint(), dimension=passage_encoder.dimension,
+            normalize=passage_encoder.normalize, prompts=passage_encoder.prompts,
+            max_length=passage_encoder.max_length, chunking=asdict(chunking), index_type=index_type)
         directory.mkdir(parents=True, exist_ok=True)
-        with _write_lock(directory, wait=0):
+        with write_lock(directory, wait=0):
             if (directory / MANIFEST).is_file():
                 raise IndexExistsError(f"{directory}: an index was created here meanwhile")
             generation = directory / "gen-000000"
@@ -208,10 +131,10 @@ class Retriever:
             Store(generation / _STORE).close()
             VectorIndex.new(index_type, manifest.dimension).save(generation / _VECTORS)
             LexicalIndex.build([]).save(generation / _BM25)
-            _fsync_tree(generation)
+            fsync_tree(generation)
             manifest.generation = generation.name
             manifest.write(directory)
-        return cls(directory, manifest, embedding_model, device, batch_tokens)
+        return cls(directory, manifest, passage_encoder, device, batch_tokens)
 
     @classmethod
     def open(cls, directory: str | Path = DEFAULT_INDEX_DIR, model: str | Path | None = None, *,
@@ -256,8 +179,8 @@ class Retriever:
         if manifest.generation != self.manifest.generation:
             self._serve(manifest)
 
-    def _checked_model(self, name: str) -> EmbeddingModel:
-        model = EmbeddingModel.load(_model_location(name), device=self.device, max_length=self.manifest.max_length)
+    def _checked_model(self, name: str) -> PassageEncoder:
+        model = PassageEncoder.load(_model_location(name), device=self.device, max_length=self.manifest.max_length)
         if model.dimension != self.manifest.dimension:
             raise IndexMismatchError(f"{self.directory} holds {self.manifest.dimension}-d vectors of "
                                      f"{self.manifest.model}; {name} makes {model.dimension}-d vectors")
@@ -270,7 +193,7 @@ class Retriever:
         return model
 
     @property
-    def model(self) -> EmbeddingModel:
+    def model(self) -> PassageEncoder:
         with self._lock:
             if self._model is None:
                 self._model = self._checked_model(self.manifest.model)
@@ -325,7 +248,7 @@ class Retriever:
             raise ValueError(f"expected vectors of shape ({len(docs)}, {self.manifest.dimension}), "
                              f"got {vectors.shape}")
         started = time.perf_counter()
-        with _write_lock(self.directory, wait):
+        with write_lock(self.directory, wait):
             report = self._reload_and_diff(docs, [])
             new_ids = set(report.added)
             report.updated = [d.id for d in docs if d.id not in new_ids]  # given vectors replace the old ones
@@ -350,7 +273,7 @@ class Retriever:
     def _update(self, documents: list[Document], deletions: list[str], show_progress: bool,
                 wait: float) -> UpdateReport:
         started = time.perf_counter()
-        with _write_lock(self.directory, wait):
+        with write_lock(self.directory, wait):
             report = self._reload_and_diff(documents, deletions)
             changing = set(report.added + report.updated)
             changed = [d for d in documents if d.id in changing]
@@ -366,7 +289,7 @@ class Retriever:
                 report: UpdateReport) -> None:
         """Writes the next generation (changed documents in, replaced and removed ones out) and
         makes it current. Called under the write lock."""
-        with _next_generation(self.directory) as (generation, name):
+        with next_generation(self.directory) as (generation, name):
             store = self.store.copy_to(generation / _STORE)
             index = VectorIndex.load(self.directory / self.manifest.generation / _VECTORS,
                                      self.manifest.index_type, self.manifest.dimension, self.manifest.chunks)
@@ -386,21 +309,18 @@ class Retriever:
             store.commit()
             LexicalIndex.build(store.chunk_texts()).save(generation / _BM25)
             index.save(generation / _VECTORS)
-            documents_count, chunks_count = store.counts()
+            manifest = self.manifest.updated_with(name, *store.counts())
             store.close()
-            manifest = IndexManifest(**{**asdict(self.manifest), "documents": documents_count,
-                                        "chunks": chunks_count, "updated": _now(), "versions": _versions()})
-            manifest.generation = name
         manifest.write(self.directory)
         self._serve(manifest, vectors=index)
-        _retire_generations(self.directory, keep=manifest.generation)
+        retire_generations(self.directory, keep=manifest.generation)
 
     def _embed(self, documents: list[Document], show_progress: bool, report: UpdateReport):
         if not documents:
             return np.zeros((0, self.manifest.dimension), np.float32), []
         model = self.model
         inputs = [embedding_input(d) for d in documents]
-        with _progress(show_progress, "embedding", "tokens") as progress:
+        with TokenProgress(show_progress, "embedding") as progress:
             vectors, passages = model.encode_documents(inputs, self.chunking, self.batch_tokens, progress)
         for passage in passages:  # spans in the text, without the title put before it
             length = len(documents[passage.doc].text)
@@ -432,7 +352,7 @@ class Retriever:
         if hybrid:
             lexical = [_best_per_doc(self._doc_ids(hits)) for hits in
                        self.lexical.search(list(queries), depth * 4)]
-            rankings = [_fuse([d, lx], k) for d, lx in zip(dense, lexical)]
+            rankings = [reciprocal_rank_fusion([list(d), list(lx)])[:k] for d, lx in zip(dense, lexical)]
             best_chunks = [{**{doc: c for doc, (c, _) in lx.items()}, **{doc: c for doc, (c, _) in d.items()}}
                            for d, lx in zip(dense, lexical)]
         else:
@@ -490,15 +410,6 @@ def _as_documents(items: Iterable[dict | str | Document]) -> list[Document]:
     return documents
 
 
-def embedding_input(document: Document) -> str:
-    """What is embedded for a document: its title, a newline and its text, as dense retrievers are
-    trained and evaluated (BEIR's "title text"); the text alone when it opens with its title."""
-    title = document.title.strip()
-    if not title or title.lower() in document.text[: len(title) + 200].lower():
-        return document.text
-    return f"{title}\n{document.text}"
-
-
 def _best_per_doc(chunk_hits: list[tuple[str, int, float]]) -> dict[str, tuple[int, float]]:
     """{doc: (chunk, score)} keeping each document's best chunk, ordered by that score."""
     best: dict[str, tuple[int, float]] = {}
@@ -506,11 +417,6 @@ def _best_per_doc(chunk_hits: list[tuple[str, int, float]]) -> dict[str, tuple[i
         if doc not in best or score > best[doc][1]:
             best[doc] = (chunk, score)
     return dict(sorted(best.items(), key=lambda item: -item[1][1]))
-
-
-def _fuse(rankings: list[dict], k: int) -> list[tuple[str, float]]:
-    """The k best documents of the rankings ({doc: ...} in rank order) by reciprocal-rank fusion."""
-    return reciprocal_rank_fusion([list(r) for r in rankings])[:k]
 
 
 def _model_name(model: str | Path | None) -> str:
@@ -522,110 +428,3 @@ def _model_name(model: str | Path | None) -> str:
 
 def _model_location(name: str) -> str | Path:
     return default_model_path() if name == DEFAULT_MODEL else name
-
-
-# ---- files: atomic writes, generations, the writer's lock -------------------------------------
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with path.open("rb+") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(directory)
-
-
-@contextlib.contextmanager
-def _next_generation(directory: Path) -> Iterator[tuple[Path, str]]:
-    """(folder to build in, the generation's name): built under a temporary name, renamed when
-    complete; a failure removes it."""
-    numbers = [int(p.name[4:]) for p in directory.glob("gen-*") if p.name[4:].isdigit()]
-    name = f"gen-{max(numbers, default=0) + 1:06d}"
-    building = directory / f".building-{name}"
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir()
-    try:
-        yield building, name
-        _fsync_tree(building)
-        building.rename(directory / name)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-
-
-def _retire_generations(directory: Path, keep: str) -> None:
-    """Removes generations other than `keep`, and what interrupted writers left."""
-    for path in list(directory.glob("gen-*")) + list(directory.glob(".building-*")):
-        if path.name != keep:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _write_lock(directory: Path, wait: float) -> Iterator[None]:
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(directory / _LOCK))
-    try:
-        lock.acquire(timeout=wait)
-    except Timeout:
-        holder = directory / _WRITER
-        who = ""
-        if holder.is_file():
-            with contextlib.suppress(ValueError, OSError):
-                info = json.loads(holder.read_text())
-                who = f" (pid {info['pid']}, since {info['since']})"
-        raise IndexLockedError(f"{directory}: another process is writing to this index{who}; wait for it to "
-                               f"finish, or pass --wait SECONDS") from None
-    try:
-        (directory / _WRITER).write_text(json.dumps({"pid": os.getpid(), "since": _now()}))
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            (directory / _WRITER).unlink()
-        lock.release()
-
-
-class _progress:
-    """A rich progress bar on stderr, or nothing; yields a callable progress(done, total) that
-    also counts what was done."""
-
-    def __init__(self, enabled: bool, label: str, unit: str):
-        self.enabled, self.label, self.unit = enabled, label, unit
-        self.done = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        self.done += done
-        if self.enabled:
-            self.bar.update(self.task, total=total, advance=done)
-
-    def __enter__(self) -> _progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TextColumn(self.unit),
-                                TimeRemainingColumn(), console=Console(stderr=True))
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=None)
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.stop()

@@ -16,11 +16,17 @@ import numpy as np
 _CHUNK_IDS = "chunk_ids.npy"
 
 
-def _tokenize(texts: list[str]):
+def tokenize(texts: list[str]):
+    """bm25s tokens of texts or queries: English stop words out, Snowball-stemmed."""
     import bm25s
     import Stemmer
 
     return bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
+
+
+def lexical_text(title: str, passage: str) -> str:
+    """What BM25 indexes for a chunk: its document's title, a newline and the passage."""
+    return f"{title}\n{passage}" if title else passage
 
 
 class LexicalIndex:
@@ -29,17 +35,18 @@ class LexicalIndex:
         self.chunk_ids = chunk_ids
 
     @classmethod
-    def build(cls, chunks: Iterable[tuple[int, str]]) -> LexicalIndex:
+    def build(cls, chunks: Iterable[tuple[int, str, str]]) -> LexicalIndex:
+        """BM25 over (chunk id, title, passage) triples."""
         ids, texts = [], []
-        for chunk_id, text in chunks:
+        for chunk_id, title, passage in chunks:
             ids.append(chunk_id)
-            texts.append(text)
+            texts.append(lexical_text(title, passage))
         if not texts:
             return cls(None, np.zeros(0, np.int64))
         import bm25s
 
         bm25 = bm25s.BM25()
-        bm25.index(_tokenize(texts), show_progress=False)
+        bm25.index(tokenize(texts), show_progress=False)
         return cls(bm25, np.asarray(ids, dtype=np.int64))
 
     def save(self, directory: Path) -> None:
@@ -62,7 +69,7 @@ class LexicalIndex:
         k = min(k, len(self.chunk_ids))
         if self.bm25 is None or k == 0:
             return [[] for _ in queries]
-        tokens = _tokenize(queries)
+        tokens = tokenize(queries)
         rows, scores = self.bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)
         return [[(int(self.chunk_ids[r]), float(s)) for r, s in zip(row, score) if s > 0]
                 for row, score in zip(rows, scores)]

@@ -92,12 +92,10 @@ class Store:
                        for r in rows)
         return out
 
-    def chunk_texts(self) -> Iterator[tuple[int, str]]:
-        """(chunk id, title + passage text) of every chunk, in chunk id order: what BM25 indexes."""
-        rows = self.db.execute("SELECT c.chunk_id, d.title, substr(d.text, c.start + 1, c.end - c.start) "
-                               "FROM chunks c JOIN documents d ON d.id = c.doc_id ORDER BY c.chunk_id")
-        for chunk_id, title, passage in rows:
-            yield chunk_id, f"{title}\n{passage}" if title else passage
+    def chunk_texts(self) -> Iterator[tuple[int, str, str]]:
+        """(chunk id, its document's title, passage text) of every chunk, in chunk id order: what BM25 indexes."""
+        yield from self.db.execute("SELECT c.chunk_id, d.title, substr(d.text, c.start + 1, c.end - c.start) "
+                                   "FROM chunks c JOIN documents d ON d.id = c.doc_id ORDER BY c.chunk_id")
 
     def counts(self) -> tuple[int, int]:
         documents = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]

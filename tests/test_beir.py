@@ -8,8 +8,10 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from evals.beir import BeirFormatError, evaluate, load_beir, reciprocal_rank_fusion, write_trec_run
-from retriever.cli import app
+from evals.beir import evaluate, fuse_runs
+from retriever.beir import BeirFormatError, load_beir
+from retriever.trec import write_trec_run
+from retriever_command import app
 from tests.conftest import make_corpus
 
 
@@ -35,8 +37,8 @@ def test_mrr_at_10_ignores_hits_below_rank_10():
     assert evaluate({"q": {"d9": 1}}, run)["mrr_at_10"] == pytest.approx(0.1)
 
 
-def test_reciprocal_rank_fusion():
-    fused = reciprocal_rank_fusion([{"q": {"a": 0.9, "b": 0.5}}, {"q": {"b": 10.0, "c": 3.0}}], rrf_k=60)
+def test_reciprocal_rank_fusion_of_runs():
+    fused = fuse_runs([{"q": {"a": 0.9, "b": 0.5}}, {"q": {"b": 10.0, "c": 3.0}}])
     assert fused["q"]["b"] == pytest.approx(1 / 62 + 1 / 61)
     assert list(fused["q"]) == ["b", "a", "c"]
 
@@ -117,8 +119,8 @@ def test_non_modernbert_baselines_run_through_stock_sentence_transformers(tiny_b
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
 
-    from encoder.embedder import Embedder
-    from evals.beir import dense_run, evaluate, load_beir, open_model
+    from encoder.embedder import ModernBertSentenceTransformer
+    from evals.beir import dense_run, evaluate, open_model
     import transformers
 
     bert_dir = tmp_path / "bert"
@@ -130,7 +132,7 @@ def test_non_modernbert_baselines_run_through_stock_sentence_transformers(tiny_b
     SentenceTransformer(modules=[transformer, Pooling(32, "mean")], device="cpu").save(str(tmp_path / "st"))
 
     model = open_model(str(tmp_path / "st"), device="cpu", max_length=8192)
-    assert not isinstance(model, Embedder) and model.max_seq_length <= 512
+    assert not isinstance(model, ModernBertSentenceTransformer) and model.max_seq_length <= 512
     dataset = load_beir(tiny_beir)
     assert evaluate(dataset.qrels, dense_run(model, dataset, show_progress_bar=False))["ndcg_at_10"] == pytest.approx(1.0)
 

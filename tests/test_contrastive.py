@@ -93,7 +93,7 @@ def test_beir_training_data_and_dev_evaluation(checkpoint_dir, tmp_path):
 def test_train_contrastive_cli(checkpoint_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from retriever.cli import app
+    from retriever_command import app
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(40, 15)))

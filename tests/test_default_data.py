@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from evals.longdocs import is_held_out
+from recipes.man_pages import is_held_out
 from recipes import default_data
 from recipes.default_model import StageClock, fold_projection, long_pairs
 
@@ -115,8 +115,8 @@ reads each FILE and rearranges its bits. """ + "It is careful about it. " * 300 
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="needs man-db")
 def test_longdocs_set_from_man_pages(tmp_path):
-    from evals.beir import load_beir
     from evals.longdocs import build
+    from retriever.beir import load_beir
 
     names = [f"frob{i}" for i in range(40)]
     held = [n for n in names if is_held_out(f"{n}.1")]
@@ -129,7 +129,7 @@ def test_longdocs_set_from_man_pages(tmp_path):
     assert sorted(dataset.corpus) == sorted(f"{n}.1" for n in held)
     query = next(iter(dataset.queries.values()))
     assert query.startswith("twiddle frob") and "frob -" not in query
-    document = next(iter(dataset.corpus.values()))
+    document = next(iter(dataset.corpus.values())).text
     assert "SYNOPSIS" in document and "twiddle" not in document
 
 

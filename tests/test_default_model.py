@@ -52,9 +52,9 @@ def test_shipped_files():
 
 
 def test_embeddings_are_normalised(model):
-    from encoder.embedder import Embedder
+    from encoder.embedder import ModernBertSentenceTransformer
 
-    assert isinstance(model, Embedder) and model.max_seq_length == 8192
+    assert isinstance(model, ModernBertSentenceTransformer) and model.max_seq_length == 8192
     embeddings = model.encode(["a short text", "another, somewhat longer text about retrieval"])
     assert embeddings.shape == (2, model.get_embedding_dimension())
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)

@@ -61,9 +61,9 @@ def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path):
     config = json.loads((final / "config.json").read_text())
     assert config["model_type"] == "modernbert" and config["max_position_embeddings"] == 1024
 
-    from retriever.embedding import EmbeddingModel
+    from retriever.embedding import PassageEncoder
 
-    model = EmbeddingModel.load(final)
+    model = PassageEncoder.load(final)
     vectors, _ = model.encode_documents(make_corpus(4, 34))
     assert vectors.shape == (4, 64), "the Dense 64 -> 96 of distillation is folded into a square map"
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)

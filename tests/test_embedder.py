@@ -11,7 +11,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-import encoder.embedder as embedder_module
+import encoder.layout as layout_module
 from encoder import load_embedder
 from tests.conftest import WORDS, make_corpus
 
@@ -67,7 +67,7 @@ def test_prompts_match_stock(cls_dir):
 
 
 def test_known_model_gets_prompts_and_caller_overrides(mean_dir, monkeypatch):
-    monkeypatch.setitem(embedder_module.KNOWN_PROMPTS, str(mean_dir),
+    monkeypatch.setitem(layout_module.KNOWN_PROMPTS, str(mean_dir),
                         {"query": "search_query: ", "document": "search_document: "})
     model = load_embedder(mean_dir, device="cpu")
     assert model.prompts["query"] == "search_query: "

@@ -9,7 +9,7 @@ import transformers
 from typer.testing import CliRunner
 
 from evals.longctx import generate
-from retriever.cli import app
+from retriever_command import app
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def tokenizer(checkpoint_dir):
 @pytest.mark.parametrize("length", [128, 256, 1000])
 def test_documents_have_the_requested_token_length(tokenizer, task, length):
     dataset = generate(task, tokenizer, length, num_docs=8, seed=1)
-    counts = [len(tokenizer(text)["input_ids"]) for text in dataset.corpus.values()]
+    counts = [len(tokenizer(doc.text)["input_ids"]) for doc in dataset.corpus.values()]
     # exact, or one short where the tokenizer merges across every possible cut
     assert all(length - 1 <= n <= length for n in counts)
     assert counts.count(length) >= len(counts) // 2
@@ -34,8 +34,8 @@ def test_each_query_has_exactly_one_relevant_document_holding_its_secret(tokeniz
     for qid, query in dataset.queries.items():
         (doc_id, relevance), = dataset.qrels[qid].items()
         name = query.split()[-1].rstrip("?") if task == "passkey" else query.split()[2].removesuffix("'s")
-        assert relevance == 1 and name in dataset.corpus[doc_id]
-        assert sum(name in text for text in dataset.corpus.values()) == 1
+        assert relevance == 1 and name in dataset.corpus[doc_id].text
+        assert sum(name in doc.text for doc in dataset.corpus.values()) == 1
 
 
 def test_too_short_a_length_is_refused(tokenizer):

@@ -73,7 +73,7 @@ def test_read_texts_from_txt_and_jsonl(tmp_path):
 def test_train_mlm_cli_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
-    from retriever.cli import app
+    from retriever_command import app
 
     make_tokenizer(tmp_path / "tok")
     (tmp_path / "texts.txt").write_text("\n".join(make_corpus(60, 5)) + "\n")

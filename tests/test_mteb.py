@@ -9,18 +9,19 @@ import pytest
 from typer.testing import CliRunner
 
 from encoder import load_embedder
-from encoder.embedder import Embedder
+from encoder.embedder import ModernBertSentenceTransformer
 from evals.beir import dense_run
 from evals.longctx import generate, ndcg_at_1
 from evals.mteb_tasks import longctx_mteb_task, mteb_encoder
-from retriever.cli import app
+from retriever_command import app
 
 
 def test_custom_task_runs_offline_through_our_packed_encoder(checkpoint_dir, monkeypatch):
     model = load_embedder(checkpoint_dir, device="cpu")
     calls = []
-    packed = Embedder._encode_packed
-    monkeypatch.setattr(Embedder, "_encode_packed", lambda self, texts, *a: calls.append(len(texts)) or packed(self, texts, *a))
+    packed = ModernBertSentenceTransformer._encode_packed
+    monkeypatch.setattr(ModernBertSentenceTransformer, "_encode_packed",
+                        lambda self, texts, *a: calls.append(len(texts)) or packed(self, texts, *a))
     task = longctx_mteb_task("passkey", model.tokenizer, 128, num_docs=6, seed=7)
     result = mteb.evaluate(mteb_encoder(model), [task], cache=None, show_progress_bar=False)
     (task_result,) = result.task_results

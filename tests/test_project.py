@@ -10,7 +10,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from retriever.cli import app
+from retriever_command import app
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,8 +25,8 @@ from encoder import load_embedder
 from retriever import Retriever
 from retriever.cli import app
 from retriever.documents import html_text, read_corpus
-from retriever.embedding import Chunking, EmbeddingModel
-from retriever.index import IndexLockedError, IndexMismatchError
+from retriever.embedding import Chunking, PassageEncoder
+from retriever.errors import IndexLockedError, IndexMismatchError
 from tests.conftest import WORDS, make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def write_corpus(folder: Path) -> Path:
 @pytest.mark.parametrize("layout", ["model_dir", "cls_model_dir", "dense_model_dir"])
 def test_vectors_equal_the_sentence_transformers_embedder(layout, request):
     path = request.getfixturevalue(layout)
-    ours = EmbeddingModel.load(path)
+    ours = PassageEncoder.load(path)
     reference = load_embedder(path, device="cpu")
     texts = TEXTS + [LONG]
     documents, passages = ours.encode_documents(texts)
@@ -94,7 +94,7 @@ def test_vectors_equal_the_sentence_transformers_embedder(layout, request):
 
 
 def test_long_documents_are_split_into_overlapping_windows(model_dir):
-    model = EmbeddingModel.load(model_dir, max_length=256)
+    model = PassageEncoder.load(model_dir, max_length=256)
     vectors, passages = model.encode_documents([TEXTS[0], LONG], Chunking("window", overlap=32))
     long_windows = [p for p in passages if p.doc == 1]
     assert len(long_windows) > 5 and len(vectors) == len(passages)
@@ -108,7 +108,7 @@ def test_long_documents_are_split_into_overlapping_windows(model_dir):
 
 
 def test_late_chunking_spans_tile_the_document_and_carry_context(model_dir):
-    model = EmbeddingModel.load(model_dir)
+    model = PassageEncoder.load(model_dir)
     vectors, passages = model.encode_documents([LONG, TEXTS[1]], Chunking("late", passage_tokens=64))
     spans = [(p.start, p.end) for p in passages if p.doc == 0]
     tokens = len(model.tokenizer.encode(LONG, add_special_tokens=False).ids)
@@ -123,7 +123,7 @@ def test_late_chunking_spans_tile_the_document_and_carry_context(model_dir):
 
 
 def test_passages_and_windows_begin_at_word_starts(model_dir):
-    model = EmbeddingModel.load(model_dir, max_length=64)
+    model = PassageEncoder.load(model_dir, max_length=64)
     text = " ".join(["lymphocyte", "retrieval", "quokka", "zephyrs", "vaccine"] * 30)
     assert len(model.tokenizer.encode("lymphocyte", add_special_tokens=False).ids) > 5
     for chunking in (Chunking("late", passage_tokens=5), Chunking("window", overlap=16)):
@@ -175,7 +175,7 @@ def test_titles_are_embedded_before_the_text(model_dir, tmp_path):
     index = Retriever.create(tmp_path / "idx", model_dir)
     index.add([{"id": "t", "title": "Zebra facts", "text": TEXTS[0]},
                {"id": "u", "title": "alpha", "text": "alpha beta gamma"}])  # opens with its title: once
-    expected = EmbeddingModel.load(model_dir).encode_documents(["Zebra facts\n" + TEXTS[0], "alpha beta gamma"])[0]
+    expected = PassageEncoder.load(model_dir).encode_documents(["Zebra facts\n" + TEXTS[0], "alpha beta gamma"])[0]
     got = np.stack([index.vectors.index.reconstruct(c) for c in index.store.chunk_ids(["t", "u"])])
     assert np.abs(got - expected).max() < 1e-5
     assert index.search(TEXTS[0])[0].span == (0, len(TEXTS[0]))
@@ -192,7 +192,7 @@ def test_unchanged_documents_are_not_embedded_again(model_dir, tmp_path):
 
 def test_add_embedded_takes_vectors_made_elsewhere(model_dir, tmp_path):
     index = Retriever.create(tmp_path / "idx", model_dir)
-    model = EmbeddingModel.load(model_dir)
+    model = PassageEncoder.load(model_dir)
     vectors, _ = model.encode_documents(TEXTS[:4])
     index.add_embedded([{"id": f"e{i}", "text": t} for i, t in enumerate(TEXTS[:4])], vectors)
     index.add_embedded([{"id": "e0", "text": TEXTS[0]}], vectors[:1])  # replaced, not duplicated

@@ -5,22 +5,24 @@
     warm search latency from Python (`Retriever.search`, query encoding with the model included;
     p50/p99 over `queries` queries) and cold `retriever search` wall time (a new process each run:
     imports, model load, index load, query, output).
-(2) SciFact with the real model: pure encoder throughput (`EmbeddingModel.encode_documents` on the
-    abstracts' "title\ntext", what `add` embeds) against `Retriever.add` of the same documents
+(2) SciFact with the real model: pure encoder throughput (`PassageEncoder.encode_documents` on the
+    abstracts' `embedding_input`, what `add` embeds) against `Retriever.add` of the same documents
     (in memory in both: no file reading), and the share of `add`'s time spent in the encoder.
 """
 
 from __future__ import annotations
 
-import json
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 
 WORDS = ("retrieval encoder protein cell vaccine dose trial patient model data search index query document "
          "window attention token river engine market garden letter bridge machine forest valley council").split()
@@ -48,8 +50,9 @@ def cold_cli_seconds(index_dir: Path, query: str, runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "retriever.cli", "search", query, "--index", str(index_dir), "--json"],
-                       check=True, capture_output=True)
+        # the `retriever` console script's own module, as a user's shell would run it
+        subprocess.run([sys.executable, "-m", "retriever_command", "search", query, "--index", str(index_dir),
+                        "--json"], check=True, capture_output=True)
         times.append(time.perf_counter() - started)
     return times
 
@@ -89,19 +92,18 @@ def synthetic(model_name: str, docs: int, queries: int, cold_runs: int, index_ty
 
 def scifact(model_name: str, directory: Path, limit: int, queries: int, workdir: Path, status) -> dict:
     from retriever import Retriever
-    from retriever.documents import as_document
+    from retriever.beir import read_corpus, read_queries
+    from retriever.documents import embedding_input
     from retriever.embedding import Chunking
-    from retriever.index import embedding_input
 
-    rows = [json.loads(line) for line in (directory / "corpus.jsonl").open()]
-    rows = rows[:limit] if limit else rows
-    documents = [{"id": r["_id"], "title": r.get("title", ""), "text": r["text"]} for r in rows]
-    query_texts = [json.loads(line)["text"] for line in (directory / "queries.jsonl").open()][:queries]
+    documents = list(read_corpus(directory / "corpus.jsonl").values())
+    documents = documents[:limit] if limit else documents
+    query_texts = list(read_queries(directory / "queries.jsonl").values())[:queries]
 
     retriever = Retriever.create(workdir / "scifact", model_name)
     model = retriever.model
     status(f"SciFact: pure encoder on {len(documents):,} abstracts")
-    texts = [embedding_input(as_document(d, i)) for i, d in enumerate(documents)]  # what add() embeds
+    texts = [embedding_input(d) for d in documents]  # what add() embeds
     model.encode_documents(texts[:1])  # warm-up
     started = time.perf_counter()
     model.encode_documents(texts, Chunking(), retriever.batch_tokens)
@@ -120,9 +122,12 @@ def scifact(model_name: str, directory: Path, limit: int, queries: int, workdir:
 
 
 def run(model_name: str, docs: int, queries: int, cold_runs: int, index_types: list[str], scifact_dir: Path | None,
-        scifact_docs: int, status) -> dict:
+        scifact_docs: int, status: Callable[[str], None]) -> dict:
+    """The synthetic cases' and (if `scifact_dir` holds a corpus) SciFact's results, and the environment."""
     with tempfile.TemporaryDirectory() as workdir:
         results = synthetic(model_name, docs, queries, cold_runs, index_types, Path(workdir), status)
         if scifact_dir is not None and (scifact_dir / "corpus.jsonl").is_file():
             results.append(scifact(model_name, scifact_dir, scifact_docs, queries, Path(workdir), status))
-    return {"model": model_name, "results": results}
+    environment = {"device": platform.processor() or "cpu", "threads": torch.get_num_threads(),
+                   "torch": torch.__version__}
+    return {"model": model_name, "results": results, "environment": environment}

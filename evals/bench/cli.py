@@ -1,0 +1,174 @@
+"""The benchmarks' commands (`python -m evals.bench ...`, `retriever bench ...`): options, JSON output and tables.
+
+Each command imports its benchmark in its body: `retriever` mounts this app, and `retriever --help` must not wait
+for torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evals.bench.corpus import SCIFACT, console
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.callback()
+def main() -> None:
+    """Speed benchmarks: figures and ratios against the reference, measured in one run."""
+
+
+@app.command()
+def encoder(
+    device: str = typer.Option("cpu", help="Device to run on: cpu or cuda."),
+    dtype: str = typer.Option(None, help="fp32, bf16 or fp16. Default: fp32 on CPU, bf16 on CUDA."),
+    attn_backend: str = typer.Option(None, help="Our attention backend (flash or sdpa). Default: automatic."),
+    num_layers: int = typer.Option(22, help="Encoder layers (ModernBERT-base has 22)."),
+    long_docs: int = typer.Option(8, help="Documents in the ragged long batch (a)."),
+    long_min: int = typer.Option(512, help="Shortest document of batch (a), tokens."),
+    long_max: int = typer.Option(8192, help="Longest document of batch (a), tokens."),
+    short_texts: int = typer.Option(64, help="Texts in the ragged short batch (b)."),
+    short_min: int = typer.Option(16, help="Shortest text of batch (b), tokens."),
+    short_max: int = typer.Option(512, help="Longest text of batch (b), tokens."),
+    repeats: int = typer.Option(1, help="Timed runs per case and model; the best is reported."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Our encoder vs transformers' ModernBertModel (sdpa): tokens/s, ratio, peak memory, GFLOP/s."""
+    from evals.bench.encoder import run
+
+    environment, results = run(device, dtype, attn_backend, num_layers, long_docs, long_min, long_max,
+                               short_texts, short_min, short_max, repeats)
+    if json_output:
+        print(json.dumps({"environment": environment, "results": [asdict(r) for r in results]}, indent=2))
+        return
+    table = Table(title=f"ModernBERT-base shape ({num_layers} layers), {environment['dtype']}, "
+                        f"{device} ({environment['threads']} threads), our backend: {environment['attn_backend']}")
+    table.add_column("")
+    for r in results:
+        table.add_column(f"{r.case}\n{r.shape}", justify="right")
+    rows = [
+        ("real tokens", lambda r: f"{r.tokens:,}"),
+        ("ours tokens/s", lambda r: f"{r.ours_tokens_per_s:,.0f}"),
+        ("transformers tokens/s", lambda r: f"{r.reference_tokens_per_s:,.0f}"),
+        ("speedup", lambda r: f"[bold]{r.speedup:.2f}x[/]"),
+        ("ours peak MiB", lambda r: f"{r.ours_peak_mib:,.0f}"),
+        ("transformers peak MiB", lambda r: f"{r.reference_peak_mib:,.0f}"),
+        ("ours GFLOP/s", lambda r: f"{r.ours_gflops:,.1f}"),
+        ("transformers GFLOP/s", lambda r: f"{r.reference_gflops:,.1f}"),
+        ("max |ours - transformers|", lambda r: f"{r.max_abs_diff:.2e}"),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(r) for r in results))
+    matmul = environment["matmul_gflops"]
+    Console().print(table)
+    Console().print(f"plain {environment['dtype']} matmul on this device: {matmul:,.1f} GFLOP/s "
+                    f"(ours reaches {results[0].ours_gflops / matmul:.0%} on (a), "
+                    f"{results[1].ours_gflops / matmul:.0%} on (b))")
+
+
+@app.command()
+def embedder(
+    scifact: Path = typer.Option(SCIFACT, help="BEIR folder whose corpus.jsonl gives the short documents."),
+    docs: int = typer.Option(256, help="Abstracts to encode."),
+    long_docs: int = typer.Option(2, help="Long documents, lengths spread evenly up to --max-length."),
+    max_length: int = typer.Option(
+        2048, help="Longest document, tokens (up to 8192; at 8192 stock pads its first batch of "
+                   "--batch-size texts to 8192 tokens, about 50 minutes on a 2-core CPU)."),
+    num_layers: int = typer.Option(22, help="Encoder layers (ModernBERT-base shape otherwise)."),
+    batch_size: int = typer.Option(32, help="Stock batch size (sentence-transformers' default: 32)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """load_embedder(dir) vs stock SentenceTransformer(dir): docs/s on abstracts plus long documents.
+
+    The checkpoint is ModernBERT-base-shaped with random weights, mean pooling and normalisation,
+    and a BPE tokenizer trained on the abstracts. Both encode the whole corpus in one call, as a
+    user would: stock with --batch-size texts per padded batch, ours with its token budget.
+    """
+    from evals.bench.embedder import run
+
+    result = run(scifact, docs, long_docs, max_length, num_layers, batch_size)
+    if json_output:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"embedding throughput, ModernBERT-base shape ({num_layers} layers), fp32, "
+                        f"cpu ({result['threads']} threads)")
+    table.add_column("")
+    table.add_column("load_embedder", justify="right")
+    table.add_column("stock SentenceTransformer", justify="right")
+    table.add_row("docs/s", f"{result['ours_docs_per_s']:.2f}", f"{result['stock_docs_per_s']:.2f}")
+    table.add_row("tokens/s", f"{result['tokens'] / result['ours_s']:,.0f}",
+                  f"{result['tokens'] / result['stock_s']:,.0f}")
+    table.add_row("wall time s", f"{result['ours_s']:.1f}", f"{result['stock_s']:.1f}")
+    Console().print(table)
+    Console().print(f"speedup [bold]{result['speedup']:.2f}x[/]; max |ours - stock| = {result['max_abs_diff']:.2e}")
+
+
+@app.command()
+def mlm(
+    scifact: Path = typer.Option(SCIFACT, help="BEIR folder whose corpus.jsonl gives the training texts."),
+    docs: int = typer.Option(512, help="Texts to train on."),
+    num_layers: int = typer.Option(22, help="Encoder layers (ModernBERT-base shape otherwise)."),
+    step_tokens: int = typer.Option(4096, help="Token budget of a packed step; the padded baseline takes as many "
+                                               "texts per step as a packed step holds on average."),
+    steps: int = typer.Option(4, help="Timed training steps per side (after one untimed step)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option(None, help="fp32 or bf16 (autocast). Default: fp32 on CPU, bf16 on CUDA."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """MLM training tokens/s: our packed, unpadded steps vs transformers' padded batches, same data and weights.
+
+    Both sides: same texts, 30% masking, AdamW, forward + backward + step. Ours packs texts
+    best-fit into `step_tokens` and runs them with cu_seqlens (sparse prediction); the baseline is
+    transformers' ModernBertForMaskedLM (sdpa) on right-padded batches in the same shuffled order.
+    """
+    from evals.bench.mlm import run
+
+    result = run(scifact, docs, num_layers, step_tokens, steps, device, dtype)
+    if json_output:
+        print(json.dumps(result, indent=2))
+        return
+    Console().print(f"MLM training, ModernBERT-base shape ({num_layers} layers), {result['dtype']}, {device}: "
+                    f"packed+unpadded {result['ours_tokens_per_s']:,.0f} tokens/s vs padded "
+                    f"{result['padded_tokens_per_s']:,.0f} tokens/s = [bold]{result['speedup']:.2f}x[/]")
+
+
+@app.command("retriever")
+def retriever_command(
+    model: str = typer.Option("default", help="Embedding model: 'default' (shipped), a folder or a hub id."),
+    docs: int = typer.Option(100_000, help="Documents of the synthetic collection (random vectors)."),
+    queries: int = typer.Option(200, help="Queries timed for warm latency."),
+    cold_runs: int = typer.Option(3, help="New `retriever search` processes timed."),
+    index_types: list[str] = typer.Option(["flat", "hnsw"], "--index-type", help="Index types of the synthetic case."),
+    scifact: Path = typer.Option(SCIFACT, help="BEIR SciFact folder for the real-model case (skipped if absent)."),
+    scifact_docs: int = typer.Option(0, help="Abstracts indexed (0: all 5,183)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Indexing throughput against the pure encoder, and warm/cold search latency (see evals/bench/retriever.py)."""
+    from evals.bench.retriever import run
+
+    with console.status("") as status:
+        report = run(model, docs, queries, cold_runs, index_types, scifact, scifact_docs, status.update)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"retriever, model {model}, cpu ({report['environment']['threads']} threads)")
+    for column in ("case", "write/index docs/s", "encoder docs/s", "index/encoder", "encoder share",
+                   "warm p50 ms", "p99 ms", "query encode ms", "cold CLI s"):
+        table.add_column(column, justify="right")
+    for r in report["results"]:
+        table.add_row(
+            r["case"], f"{r.get('write_docs_per_s', r.get('index_docs_per_s')):,.0f}",
+            f"{r['encoder_docs_per_s']:,.1f}" if "encoder_docs_per_s" in r else "",
+            f"{r['index_vs_encoder']:.0%}" if "index_vs_encoder" in r else "",
+            f"{r['encoder_share_of_index_time']:.0%}" if "encoder_share_of_index_time" in r else "",
+            f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+            f"{r['query_encode_p50_ms']:.1f}" if "query_encode_p50_ms" in r else "",
+            f"{r['cold_cli_median_s']:.2f}" if "cold_cli_median_s" in r else "")
+    Console(width=160).print(table)
+    Console().print("targets: index >= 90% of pure encoder docs/s; warm p50 <= 30 ms at 100k docs; cold CLI <= 2 s")
