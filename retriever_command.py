@@ -37,7 +37,7 @@ class _WithSubApps(TyperGroup):
         if name in SUB_APPS and name not in self.commands:
             module, help_line = SUB_APPS[name]
             command = typer.main.get_command(importlib.import_module(module).app)
-            command.help = command.short_help = help_line
+            command.name, command.help, command.short_help = name, help_line, help_line
             self.add_command(command, name)
         return super().get_command(ctx, name)
 

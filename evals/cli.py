@@ -103,6 +103,7 @@ def beir(
     """nDCG@10, Recall@100, MRR@10 and MAP@100 of a model on a BEIR folder, plus its TREC run file."""
     from evals.beir import bm25_run, dense_run, evaluate, fuse_runs, markdown_table
     from retriever.beir import BeirFormatError, load_beir
+    from retriever.fusion import candidate_depths
     from retriever.trec import write_trec_run
 
     started = time.perf_counter()
@@ -114,10 +115,13 @@ def beir(
     embedder = _open_model(model, device, max_length)
     console.print(f"{directory}: {len(dataset.corpus)} documents, {len(dataset.queries)} {split} queries")
 
-    runs = {"dense": dense_run(embedder, dataset, k=k, batch_tokens=batch_tokens)}
+    # as hybrid search does: fused from the candidates `retriever search --hybrid` would fuse for k hits
+    dense_depth, lexical_depth = candidate_depths(k)
+    runs = {"dense": dense_run(embedder, dataset, k=dense_depth, batch_tokens=batch_tokens)}
     if hybrid:
-        runs["bm25"] = bm25_run(dataset, k=k)
+        runs["bm25"] = bm25_run(dataset, k=lexical_depth)
         runs["hybrid"] = fuse_runs([runs["dense"], runs["bm25"]], k=k)
+    runs = {method: {qid: dict(list(hits.items())[:k]) for qid, hits in run.items()} for method, run in runs.items()}
 
     name = f"{_slug(directory.name)}-{split}-{_slug(model)}"
     output.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ as given). Record files (`.jsonl`,
 columns; other columns become the document's metadata. A folder holding `corpus.jsonl` is a BEIR
 folder: only its corpus is read (never its queries). JSON Lines are read line by line so that a
 bad line is reported as file:line and the others still load; the other record formats go
-through `datasets`.
+through `datasets`. `READERS` maps each suffix to its reader: a new format is one entry there.
 
 Nothing unreadable stops the run: each skipped file or row becomes a `Problem`, and the caller
 reports them all at the end.

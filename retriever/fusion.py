@@ -4,6 +4,16 @@ and BM25 rankings. A module of its own, light to import: the evaluations use it 
 from __future__ import annotations
 
 RRF_K = 60
+# Candidates fused for k hits: at least this many dense documents, and LEXICAL_FACTOR times as
+# many BM25 chunks (several chunks of one document count once).
+FUSION_DEPTH = 100
+LEXICAL_FACTOR = 4
+
+
+def candidate_depths(k: int) -> tuple[int, int]:
+    """(dense documents, BM25 chunks) that hybrid search fuses to return k documents."""
+    depth = max(k, FUSION_DEPTH)
+    return depth, depth * LEXICAL_FACTOR
 
 
 def reciprocal_rank_fusion(rankings: list[list[str]], rrf_k: int = RRF_K) -> list[tuple[str, float]]:

@@ -33,7 +33,7 @@ from retriever.commit import fsync_tree, next_generation, retire_generations, wr
 from retriever.documents import Corpus, Document, as_document, embedding_input
 from retriever.embedding import Chunking, Passage, PassageEncoder
 from retriever.errors import IndexExistsError, IndexMismatchError, RetrieverError
-from retriever.fusion import reciprocal_rank_fusion
+from retriever.fusion import candidate_depths, reciprocal_rank_fusion
 from retriever.lexical import LexicalIndex
 from retriever.manifest import MANIFEST, IndexManifest
 from retriever.store import Store
@@ -347,11 +347,11 @@ class Retriever:
         if not queries or self.vectors.ntotal == 0:
             return [[] for _ in queries]
         query_vectors = self.model.encode_queries(list(queries), self.batch_tokens)
-        depth = max(k, 100) if hybrid else k
-        dense = self._dense_rankings(query_vectors, depth)
+        dense_depth, lexical_depth = candidate_depths(k) if hybrid else (k, 0)
+        dense = self._dense_rankings(query_vectors, dense_depth)
         if hybrid:
             lexical = [_best_per_doc(self._doc_ids(hits)) for hits in
-                       self.lexical.search(list(queries), depth * 4)]
+                       self.lexical.search(list(queries), lexical_depth)]
             rankings = [reciprocal_rank_fusion([list(d), list(lx)])[:k] for d, lx in zip(dense, lexical)]
             best_chunks = [{**{doc: c for doc, (c, _) in lx.items()}, **{doc: c for doc, (c, _) in d.items()}}
                            for d, lx in zip(dense, lexical)]

@@ -147,3 +147,38 @@ def test_eval_beir_uses_the_shipped_model_by_default(tmp_path):
     report = json.loads(result.stdout[result.stdout.index("{"):])
     assert report["model"] == "default" and report["max_length"] == 8192
     assert report["results"]["dense"]["ndcg_at_10"] == 1.0
+
+
+def test_evaluation_scores_what_search_serves(checkpoint_dir, tmp_path):
+    """The eval's dense and hybrid runs are the rankings `Retriever.search_batch` returns for the
+    same folder indexed, documents with titles included (embedded as title, newline, text)."""
+    from evals.beir import bm25_run, dense_run, fuse_runs, open_model
+    from retriever import Retriever
+    from retriever.fusion import candidate_depths
+
+    texts = make_corpus(40, seed=11)
+    folder = tmp_path / "beir"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": f"d{i}", "title": f"note {i % 7}" if i % 3 else "", "text": t}) + "\n"
+        for i, t in enumerate(texts)))
+    queries = {f"q{i}": " ".join(texts[i].split()[:4]) for i in range(0, 40, 4)}
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("".join(f"{q}\td{q[1:]}\t1\n" for q in queries))
+    dataset = load_beir(folder)
+
+    k = 5
+    dense_depth, lexical_depth = candidate_depths(k)
+    dense = dense_run(open_model(str(checkpoint_dir), device="cpu", max_length=8192), dataset, k=dense_depth,
+                      show_progress_bar=False)
+    hybrid = fuse_runs([dense, bm25_run(dataset, k=lexical_depth)], k=k)
+
+    index = Retriever.create(tmp_path / "index", checkpoint_dir)
+    index.add(list(dataset.corpus.values()))
+    served_dense = index.search_batch(list(queries.values()), k=k)
+    served_hybrid = index.search_batch(list(queries.values()), k=k, hybrid=True)
+    for qid, dense_hits, hybrid_hits in zip(queries, served_dense, served_hybrid):
+        assert [h.id for h in dense_hits] == list(dense[qid])[:k]
+        assert [h.score for h in dense_hits] == pytest.approx(list(dense[qid].values())[:k], abs=1e-5)
+        assert [h.id for h in hybrid_hits] == list(hybrid[qid])

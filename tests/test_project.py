@@ -21,6 +21,14 @@ def test_retriever_version():
     assert result.output.startswith("retriever ")
 
 
+def test_one_command_lists_the_search_commands_and_the_sub_apps():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    listed = [line.strip("│ ").split()[0] for line in result.output.splitlines() if line.startswith("│ ")]
+    for command in ("index", "search", "info", "remove", "train", "eval", "bench"):
+        assert command in listed, result.output
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     setup_block = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
