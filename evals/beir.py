@@ -4,7 +4,7 @@ corpus (read by `retriever.beir`, as `retriever index` reads it) -> documents em
 index embeds them (`retriever.documents.embedding_input`) -> exact top-k search -> run -> metrics.
 Metrics come from pytrec_eval (trec_eval's own code): nDCG@10, Recall@100, MRR@10 (reciprocal
 rank over each query's top 10) and MAP@100. `--hybrid` adds the index's BM25 (`retriever.lexical`)
-over the same texts and fuses it with the dense run by the index's reciprocal-rank fusion.
+over the same texts and fuses it with the dense run through the index's fusion (`retriever.fusion`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from retriever.beir import BeirDataset, Qrels
 from retriever.documents import embedding_input
-from retriever.fusion import reciprocal_rank_fusion
+from retriever.fusion import DEFAULT_FUSION, Fusion
 from retriever.trec import Run
 
 METRICS = {
@@ -59,12 +59,12 @@ def bm25_run(dataset: BeirDataset, k: int = 100) -> Run:
     return {qid: {doc_ids[i]: score for i, score in row} for qid, row in zip(query_ids, hits)}
 
 
-def fuse_runs(runs: list[Run], k: int = 100) -> Run:
-    """Each query's rankings in `runs` joined by the index's reciprocal-rank fusion; the k best kept."""
+def fuse_runs(dense: Run, lexical: Run, fusion: Fusion = DEFAULT_FUSION, k: int = 100) -> Run:
+    """Each query's dense and lexical rankings joined by the index's `fusion`; the k best kept."""
     fused: Run = {}
-    for qid in set().union(*runs):
-        rankings = [[doc for doc, _ in sorted(run.get(qid, {}).items(), key=lambda item: -item[1])] for run in runs]
-        fused[qid] = dict(reciprocal_rank_fusion(rankings)[:k])
+    for qid in dense.keys() | lexical.keys():
+        sides = [sorted(run.get(qid, {}).items(), key=lambda item: -item[1]) for run in (dense, lexical)]
+        fused[qid] = dict(fusion(*sides)[:k])
     return fused
 
 

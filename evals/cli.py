@@ -92,7 +92,10 @@ def beir(
                                                                 "ModernBERT checkpoint)."),
     split: str = typer.Option("test", help="qrels split to score."),
     max_length: int = typer.Option(8192, help="Tokens per input, longer ones truncated."),
-    hybrid: bool = typer.Option(False, "--hybrid", help="Also score BM25 and BM25 + dense fusion (RRF, k=60)."),
+    hybrid: bool = typer.Option(False, "--hybrid", help="Also score BM25 and its fusion with dense (the default "
+                                                        "fusion of `retriever search --hybrid`)."),
+    fusion: str = typer.Option(None, "--fusion", help="With --hybrid: fuse by NAME[:WEIGHT] (rrf, wrrf, minmax, "
+                                                      "zscore, dbsf) instead of the default."),
     k: int = typer.Option(100, help="Hits retrieved per query (Recall@100 and MAP@100 need 100)."),
     batch_tokens: int = typer.Option(16384, help="Tokens per encoder batch."),
     device: str = typer.Option(None, help="cpu or cuda. Default: cuda when available."),
@@ -103,13 +106,14 @@ def beir(
     """nDCG@10, Recall@100, MRR@10 and MAP@100 of a model on a BEIR folder, plus its TREC run file."""
     from evals.beir import bm25_run, dense_run, evaluate, fuse_runs, markdown_table
     from retriever.beir import BeirFormatError, load_beir
-    from retriever.fusion import candidate_depths
+    from retriever.fusion import DEFAULT_FUSION, Fusion, candidate_depths
     from retriever.trec import write_trec_run
 
     started = time.perf_counter()
     try:
+        fuse = Fusion.parse(fusion) if fusion else DEFAULT_FUSION
         dataset = load_beir(directory, split)
-    except (BeirFormatError, OSError) as e:
+    except (BeirFormatError, OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)  # one line, never wrapped
         raise typer.Exit(2) from None
     embedder = _open_model(model, device, max_length)
@@ -120,7 +124,7 @@ def beir(
     runs = {"dense": dense_run(embedder, dataset, k=dense_depth, batch_tokens=batch_tokens)}
     if hybrid:
         runs["bm25"] = bm25_run(dataset, k=lexical_depth)
-        runs["hybrid"] = fuse_runs([runs["dense"], runs["bm25"]], k=k)
+        runs["hybrid"] = fuse_runs(runs["dense"], runs["bm25"], fuse, k=k)
     runs = {method: {qid: dict(list(hits.items())[:k]) for qid, hits in run.items()} for method, run in runs.items()}
 
     name = f"{_slug(directory.name)}-{split}-{_slug(model)}"
@@ -133,6 +137,7 @@ def beir(
         "dataset": str(directory),
         "split": split,
         "model": model,
+        **({"fusion": str(fuse)} if hybrid else {}),
         **_model_facts(embedder),
         **_run_facts(started),
         "results": results,
@@ -141,6 +146,55 @@ def beir(
     table = markdown_table(rows, ["method", "ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"])
     _write_report(output, name, report, f"{directory.name} ({split}), {model}", table, json_output,
                   "results, table and run files")
+
+
+@app.command("fusion")
+def fusion_command(
+    sets: list[str] = typer.Argument(..., help="DIR:SPLIT of BEIR folders to choose on (development splits: never "
+                                               "a set you report), e.g. runs/train-dev:dev runs/longdocs:dev."),
+    model: str = typer.Option("default", "--model", "-m", help="'default' (the shipped model), a model folder or "
+                                                                "hub id."),
+    weights: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="Dense weights to try, comma-separated."),
+    max_length: int = typer.Option(8192, help="Tokens per input, longer ones truncated."),
+    batch_tokens: int = typer.Option(16384, help="Tokens per encoder batch."),
+    device: str = typer.Option(None, help="cpu or cuda. Default: cuda when available."),
+    output: Path = typer.Option(Path("eval-results"), help="Folder for fusion-MODEL.json and .md."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """nDCG@10 of every fusion method and dense weight (and of each side alone) on each set, and their mean:
+    the table the default fusion is chosen from. The candidates are those hybrid search fuses for 10 hits."""
+    from evals.beir import bm25_run, dense_run, evaluate, fuse_runs, markdown_table
+    from retriever.beir import BeirFormatError, load_beir
+    from retriever.fusion import METHODS, Fusion, candidate_depths
+
+    started = time.perf_counter()
+    try:
+        datasets = {item: load_beir(*item.rsplit(":", 1)) if ":" in item else load_beir(item, "dev")
+                    for item in sets}
+        candidates = [Fusion("rrf")] + [Fusion(name, float(w)) for name, (_, weighted) in METHODS.items()
+                                        if weighted for w in weights.split(",")]
+    except (BeirFormatError, OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    embedder = _open_model(model, device, max_length)
+    dense_depth, lexical_depth = candidate_depths(10)
+    scores: dict[str, dict[str, float]] = {}  # method -> set -> nDCG@10
+    for item, dataset in datasets.items():
+        console.print(f"{item}: {len(dataset.corpus)} documents, {len(dataset.queries)} queries")
+        dense = dense_run(embedder, dataset, k=dense_depth, batch_tokens=batch_tokens)
+        lexical = bm25_run(dataset, k=lexical_depth)
+        runs = {"dense": dense, "bm25": lexical, **{str(f): fuse_runs(dense, lexical, f, k=10) for f in candidates}}
+        for method, run in runs.items():
+            scores.setdefault(method, {})[item] = evaluate(dataset.qrels, run)["ndcg_at_10"]
+    for by_set in scores.values():
+        by_set["mean"] = sum(by_set.values()) / len(datasets)
+    best = max((m for m in scores if m not in ("dense", "bm25")), key=lambda m: scores[m]["mean"])
+    report = {"sets": sets, "model": model, "best": best, **_model_facts(embedder), **_run_facts(started),
+              "ndcg_at_10": scores}
+    rows = [{"fusion": method, **by_set} for method, by_set in scores.items()]
+    table = markdown_table(rows, ["fusion", *sets, "mean"])
+    _write_report(output, f"fusion-{_slug(model)}", report, f"Fusion, nDCG@10, {model} (best: {best})", table,
+                  json_output, "results and table")
 
 
 @app.command()

@@ -4,7 +4,9 @@ Pages are rendered by `recipes.man_pages`. The query is what a page's NAME line 
 (the part after " - ", so the command name is not given away); the document is the rest of the
 page. Only long pages (by default >= 4,000 characters, about 1,000 tokens and more) are used, so
 that how much of a page a model reads matters. Only the held-out fifth of the pages
-(`recipes.man_pages.is_held_out`, which the training data never reads) is used.
+(`recipes.man_pages.is_held_out`, which the training data never reads) is used. Its queries are
+split, by a hash of the page's name, into a dev third (`qrels/dev.tsv`: for choosing search
+settings) and a test rest (`qrels/test.tsv`: what is reported); both search the whole corpus.
 
     python -m evals.longdocs OUT_DIR        # then: retriever eval beir OUT_DIR --model ... --hybrid
 """
@@ -20,9 +22,14 @@ from recipes.man_pages import MAN_ROOT, ManPage, is_held_out, page_files, render
 MIN_PAGE_CHARS = 4000
 
 
+def is_dev(name: str) -> bool:
+    """Whether a page's query belongs to the dev third of the set."""
+    return int(hashlib.sha256(b"dev" + name.encode()).hexdigest(), 16) % 3 == 0
+
+
 def build(out_dir: str | Path, max_queries: int = 300, min_chars: int = MIN_PAGE_CHARS,
           root: Path = MAN_ROOT) -> dict[str, int]:
-    """Writes corpus.jsonl, queries.jsonl and qrels/test.tsv of the held-out long pages.
+    """Writes corpus.jsonl, queries.jsonl and qrels/dev.tsv, qrels/test.tsv of the held-out long pages.
 
     Held-out pages are taken in a fixed pseudo-random order (by hash) until `max_queries` long
     ones are found; a page whose query repeats an earlier one (aliases, families of library
@@ -47,11 +54,14 @@ def build(out_dir: str | Path, max_queries: int = 300, min_chars: int = MIN_PAGE
     with (out / "queries.jsonl").open("w", encoding="utf-8") as f:
         for page in pages:
             f.write(json.dumps({"_id": f"q-{page.name}", "text": page.query}) + "\n")
-    with (out / "qrels" / "test.tsv").open("w", encoding="utf-8") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        for page in pages:
-            f.write(f"q-{page.name}\t{page.name}\t1\n")
-    return {"documents": len(pages), "queries": len(pages)}
+    for split in ("dev", "test"):
+        with (out / "qrels" / f"{split}.tsv").open("w", encoding="utf-8") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for page in pages:
+                if is_dev(page.name) == (split == "dev"):
+                    f.write(f"q-{page.name}\t{page.name}\t1\n")
+    dev = sum(is_dev(page.name) for page in pages)
+    return {"documents": len(pages), "queries": len(pages), "dev_queries": dev, "test_queries": len(pages) - dev}
 
 
 if __name__ == "__main__":

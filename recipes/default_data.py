@@ -12,7 +12,8 @@ Sources (licences in retriever/default_model/README.md):
 It writes three xz-compressed JSON Lines files (xz: the bundle travels to a GPU machine whose
 upload is size-limited): `pairs.jsonl.xz` ({query, positive, source[, group]}), `man.jsonl.xz`
 ({query, text, name}) and `texts.jsonl.xz` ({text}), plus `manifest.json` with the counts.
-SciFact is never read.
+SciFact is never read, nor the pairs of the development set (`is_dev_pair`: evals/devsets.py
+builds it), so that search settings can be chosen on data no model was trained on.
 
     python -m recipes.default_data runs/default_model/data
 """
@@ -20,6 +21,7 @@ SciFact is never read.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import lzma
 import random
@@ -47,7 +49,12 @@ MAX_POSITIVE_CHARS = 1_500  # short pairs: enough for what a query is about, kee
 MAX_MAN_CHARS = 24_000  # about 6k tokens
 
 
-def _read_jsonl(path: Path) -> Iterator[dict]:
+def is_dev_pair(query: str) -> bool:
+    """Whether a pair (by its query) belongs to the development set: one in fifty, never trained on."""
+    return int(hashlib.sha256(b"dev" + query.encode("utf-8")).hexdigest(), 16) % 50 == 0
+
+
+def read_rows(path: Path) -> Iterator[dict]:
     opener = gzip.open if path.suffix == ".gz" else lzma.open if path.suffix == ".xz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         for line in f:
@@ -62,7 +69,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _cut(text: str, limit: int) -> str:
+def cut_text(text: str, limit: int) -> str:
     """At most `limit` characters, ending at a sentence or word boundary when one is near."""
     if len(text) <= limit:
         return text
@@ -75,20 +82,22 @@ def shared_pairs(root: Path, rng: random.Random) -> list[dict]:
     """The capped mix of ../shared/data/train pairs; Wikipedia as whole articles."""
     pairs = []
     for source, cap in PAIR_CAPS.items():
-        rows = list(_read_jsonl(root / source / "pairs.jsonl.gz"))
+        rows = [r for r in read_rows(root / source / "pairs.jsonl.gz") if not is_dev_pair(r["query"])]
         if cap is not None and len(rows) > cap:
             rows = rng.sample(rows, cap)
-        pairs += [{"query": r["query"], "positive": _cut(r["positive"], MAX_POSITIVE_CHARS), "source": source}
-                  for r in rows]
+        pairs += [{"query": r["query"], "positive": cut_text(r["positive"], MAX_POSITIVE_CHARS),
+                   "source": source} for r in rows]
     articles: dict[str, list[dict]] = {}
-    for r in _read_jsonl(root / "wikipedia_en" / "pairs.jsonl.gz"):
+    for r in read_rows(root / "wikipedia_en" / "pairs.jsonl.gz"):
+        if is_dev_pair(r["query"]):
+            continue
         # queries are "Title" (the lead) or "Title: Section"
         articles.setdefault(r["query"].split(": ", 1)[0], []).append(r)
     # only articles whose lead is there, so a rebuilt article starts as the real one does
     titles = sorted(t for t, rows in articles.items() if any(r["query"] == t for r in rows))
     for title in rng.sample(titles, min(WIKIPEDIA_ARTICLES, len(titles))):
         rows = sorted(articles[title], key=lambda r: r["query"] != title)  # lead first
-        pairs += [{"query": r["query"], "positive": _cut(r["positive"], MAX_POSITIVE_CHARS),
+        pairs += [{"query": r["query"], "positive": cut_text(r["positive"], MAX_POSITIVE_CHARS),
                    "source": "wikipedia_en", "group": title} for r in rows]
     return pairs
 
@@ -124,9 +133,9 @@ def debian_pairs(rng: random.Random, lists: Path = APT_LISTS) -> list[dict]:
                               text=True, check=True).stdout
         for synopsis, description in parse_translations(text):
             # -dev, -doc, ... packages repeat their library's description: keep it once
-            if len(description) >= 100 and description not in seen:
+            if len(description) >= 100 and description not in seen and not is_dev_pair(synopsis):
                 seen.add(description)
-                pairs.append({"query": synopsis, "positive": _cut(description, MAX_POSITIVE_CHARS),
+                pairs.append({"query": synopsis, "positive": cut_text(description, MAX_POSITIVE_CHARS),
                               "source": "debian_descriptions"})
     return rng.sample(pairs, min(DEBIAN_PAIRS, len(pairs)))
 
@@ -137,14 +146,14 @@ def man_pages(rng: random.Random) -> list[dict]:
 
     files = [p for p in page_files() if not is_held_out(p.name.removesuffix(".gz"))]
     files = rng.sample(files, min(MAN_PAGES, len(files)))
-    return [{"query": page.query, "text": _cut(page.text, MAX_MAN_CHARS), "name": page.name}
+    return [{"query": page.query, "text": cut_text(page.text, MAX_MAN_CHARS), "name": page.name}
             for page in render_pages(files) if len(page.text) >= 500]
 
 
 def raw_texts(root: Path, rng: random.Random) -> list[dict]:
     texts = [r["text"] for source in sorted(root.iterdir()) if (source / "text.jsonl.gz").is_file()
-             for r in _read_jsonl(source / "text.jsonl.gz")]
-    return [{"text": _cut(t, MAX_POSITIVE_CHARS)} for t in rng.sample(texts, min(RAW_TEXTS, len(texts)))]
+             for r in read_rows(source / "text.jsonl.gz")]
+    return [{"text": cut_text(t, MAX_POSITIVE_CHARS)} for t in rng.sample(texts, min(RAW_TEXTS, len(texts)))]
 
 
 def build(out_dir: str | Path, root: Path = SHARED_TRAIN, seed: int = 0) -> dict:
@@ -178,8 +187,8 @@ def build(out_dir: str | Path, root: Path = SHARED_TRAIN, seed: int = 0) -> dict
 def load(data_dir: str | Path) -> tuple[list[dict], list[dict], list[str]]:
     """The bundle: pairs, man pages and raw texts."""
     data = Path(data_dir)
-    return (list(_read_jsonl(data / "pairs.jsonl.xz")), list(_read_jsonl(data / "man.jsonl.xz")),
-            [r["text"] for r in _read_jsonl(data / "texts.jsonl.xz")])
+    return (list(read_rows(data / "pairs.jsonl.xz")), list(read_rows(data / "man.jsonl.xz")),
+            [r["text"] for r in read_rows(data / "texts.jsonl.xz")])
 
 
 if __name__ == "__main__":

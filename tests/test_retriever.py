@@ -27,6 +27,7 @@ from retriever.cli import app
 from retriever.documents import html_text, read_corpus
 from retriever.embedding import Chunking, PassageEncoder
 from retriever.errors import IndexLockedError, IndexMismatchError
+from retriever.fusion import DEFAULT_FUSION, Fusion
 from tests.conftest import WORDS, make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +159,7 @@ def test_api_add_search_remove_info(model_dir, tmp_path):
     batch = index.search_batch([TEXTS[2], TEXTS[3]], k=2)
     assert [hits[0].id for hits in batch] == ["d2", "d3"]
     string_id = hashlib.sha256(b"a plain string document about zebras and xylophones").hexdigest()[:16]
-    assert index.search("zebras xylophones", k=5, hybrid=True)[0].id == string_id  # strings: id from their text
+    assert index.search("zebras xylophones", k=5, mode="hybrid")[0].id == string_id  # strings: id from their text
     assert index.info()["documents"] == 31
 
     report = index.remove(["d5", "nope"])
@@ -169,6 +170,29 @@ def test_api_add_search_remove_info(model_dir, tmp_path):
     assert reopened.search(TEXTS[7])[0].id == "d7"
     with pytest.raises(ValueError, match="empty"):
         reopened.search("   ")
+
+
+def test_search_modes_and_fusions(model_dir, tmp_path):
+    Retriever.create(tmp_path / "idx", model_dir).add([{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)])
+    index = Retriever.open(tmp_path / "idx")
+    lexical = index.search(TEXTS[4], k=3, mode="lexical")
+    assert lexical[0].id == "d4" and index._model is None, "BM25 alone needs no model"
+    index = Retriever.open(tmp_path / "idx")
+    assert index.search(TEXTS[4], k=3, mode="dense")[0].id == "d4" and index._lexical is None, "dense needs no BM25"
+    for fusion in ("rrf", "wrrf:0.3", "minmax:0.5", "zscore:0.7", "dbsf:0.5", Fusion("zscore", 0.2)):
+        hits = index.search(TEXTS[9], k=4, fusion=fusion)
+        assert hits[0].id == "d9" and [h.rank for h in hits] == [1, 2, 3, 4]
+        assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    default = [(h.id, h.score) for h in index.search(TEXTS[9], k=4)]
+    assert default == [(h.id, h.score) for h in index.search(TEXTS[9], k=4, mode="hybrid")] == \
+        [(h.id, h.score) for h in index.search(TEXTS[9], k=4, fusion=DEFAULT_FUSION)], "no mode: hybrid, default fusion"
+    assert index.info()["search"] == {"mode": "hybrid", "fusion": str(DEFAULT_FUSION)}
+    with pytest.raises(ValueError, match="expected one of dense, lexical, hybrid"):
+        index.search("x", mode="sparse")
+    with pytest.raises(ValueError, match="has one side"):
+        index.search("x", mode="dense", fusion="rrf")
+    with pytest.raises(ValueError, match="must be a number"):
+        index.search("x", fusion="zscore:high")
 
 
 def test_titles_are_embedded_before_the_text(model_dir, tmp_path):
@@ -270,12 +294,12 @@ def test_an_empty_ivfpq_index_opens(model_dir, tmp_path):
 def test_reads_are_safe_from_several_threads(model_dir, tmp_path):
     index = Retriever.create(tmp_path / "idx", model_dir)
     index.add(TEXTS)
-    expected = [[h.id for h in index.search(t, k=5, hybrid=True)] for t in TEXTS]
+    expected = [[h.id for h in index.search(t, k=5, mode="hybrid")] for t in TEXTS]
     results: dict[int, list[str]] = {}
 
     def worker(i: int) -> None:
         for j in range(i, len(TEXTS), 4):
-            results[j] = [h.id for h in index.search(TEXTS[j], k=5, hybrid=True)]
+            results[j] = [h.id for h in index.search(TEXTS[j], k=5, mode="hybrid")]
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     for t in threads:
@@ -324,7 +348,7 @@ def test_cli_index_search_info_remove(model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "14 added" in " ".join(result.output.split())
 
-    result = cli("search", TEXTS[3], "--index", index, "--json", "-k", "3")
+    result = cli("search", TEXTS[3], "--index", index, "--json", "-k", "3", "--dense")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["query"] == TEXTS[3] and len(payload["hits"]) == 3
@@ -334,6 +358,19 @@ def test_cli_index_search_info_remove(model_dir, tmp_path):
 
     result = cli("search", "vaccine dose trial", "--index", index, "--hybrid", "--json")
     assert json.loads(result.stdout)["hits"][0]["id"] == "page.html"
+    for flags in (["--lexical"], ["--fusion", "zscore:0.4"], ["--dense"]):
+        result = cli("search", "vaccine dose trial", "--index", index, *flags, "--json")
+        assert result.exit_code == 0, result.output
+        payload = json.loads(result.stdout)
+        assert payload["mode"] == {"--lexical": "lexical", "--fusion": "hybrid", "--dense": "dense"}[flags[0]]
+        if flags[0] != "--dense":
+            assert payload["hits"][0]["id"] == "page.html"
+    payload = json.loads(cli("search", "vaccine dose trial", "--index", index, "--json").stdout)
+    assert payload["mode"] == "hybrid" and payload["fusion"] == str(DEFAULT_FUSION)
+    result = cli("search", "vaccine", "--index", index, "--lexical", "--hybrid")
+    assert result.exit_code == 2 and "pick one search mode" in result.output
+    result = cli("search", "vaccine", "--index", index, "--fusion", "borda")
+    assert result.exit_code == 2 and "expected one of rrf" in result.output
 
     result = cli("search", TEXTS[7], "--index", index)  # the table
     assert result.exit_code == 0 and "r1" in result.stdout and "record 1" in result.stdout
@@ -343,7 +380,8 @@ def test_cli_index_search_info_remove(model_dir, tmp_path):
     assert facts["documents"] == 14 and facts["chunks"] == 14 and facts["dimension"] == 64
     assert facts["model"] == str(model_dir.resolve()) and facts["index_type"] == "flat"
     assert facts["size_bytes"] > 0 and facts["chunking"]["mode"] == "window"
-    assert "documents" in cli("info", "--index", index).stdout
+    info_table = cli("info", "--index", index).stdout
+    assert "documents" in info_table and f"hybrid (fusion {DEFAULT_FUSION})" in info_table
 
     result = cli("remove", "r1", "missing-id", "--index", index)
     assert result.exit_code == 0 and "1 removed" in result.output and "missing-id" in result.output
@@ -401,7 +439,7 @@ def test_cli_queries_file_writes_a_trec_run(model_dir, tmp_path):
     queries = tmp_path / "queries.tsv"
     queries.write_text(f"q1\t{TEXTS[0]}\nq2\t{TEXTS[8]}\n")
     run = tmp_path / "run.trec"
-    result = cli("search", "--queries", queries, "--index", index, "-k", "4", "--output", run)
+    result = cli("search", "--queries", queries, "--index", index, "-k", "4", "--output", run, "--dense")
     assert result.exit_code == 0, result.output
     lines = [line.split() for line in run.read_text().splitlines()]
     assert len(lines) == 8 and lines[0][:4] == ["q1", "Q0", "notes/n0.txt", "1"] and lines[4][2] == "r2"

@@ -2,8 +2,8 @@
 
 (1) Synthetic: `docs` documents of random words with random unit vectors (the model's dimension),
     written with `Retriever.add_embedded` into a flat and an HNSW index. Then, for each index:
-    warm search latency from Python (`Retriever.search`, query encoding with the model included;
-    p50/p99 over `queries` queries) and cold `retriever search` wall time (a new process each run:
+    warm search latency from Python (`Retriever.search` in the default, hybrid mode and dense alone,
+    query encoding with the model included; p50/p99 over `queries` queries) and cold `retriever search` wall time (a new process each run:
     imports, model load, index load, query, output).
 (2) SciFact with the real model: pure encoder throughput (`PassageEncoder.encode_documents` on the
     abstracts' `embedding_input`, what `add` embeds) against `Retriever.add` of the same documents
@@ -37,13 +37,17 @@ def _texts(count: int, rng: np.random.Generator, low: int = 10, high: int = 60) 
 
 
 def warm_latency_ms(retriever, queries: list[str], k: int = 10) -> dict[str, float]:
-    retriever.search(queries[0], k=k)  # first call: lazy loads
-    times = []
-    for query in queries:
-        started = time.perf_counter()
-        retriever.search(query, k=k)
-        times.append((time.perf_counter() - started) * 1000)
-    return {"p50_ms": _percentile(times, 50), "p99_ms": _percentile(times, 99)}
+    """p50/p99 of the default search mode (hybrid) and of dense search alone, query encoding included."""
+    out = {}
+    for prefix, mode in (("", None), ("dense_", "dense")):
+        retriever.search(queries[0], k=k, mode=mode)  # first call: lazy loads
+        times = []
+        for query in queries:
+            started = time.perf_counter()
+            retriever.search(query, k=k, mode=mode)
+            times.append((time.perf_counter() - started) * 1000)
+        out.update({f"{prefix}p50_ms": _percentile(times, 50), f"{prefix}p99_ms": _percentile(times, 99)})
+    return out
 
 
 def cold_cli_seconds(index_dir: Path, query: str, runs: int) -> list[float]:
