@@ -155,3 +155,36 @@ def test_stage_clock_drives_the_learning_rate_and_stops(monkeypatch):
     now[0] = 100.0
     clock.on_step_end(None, state, control)
     assert control.should_training_stop
+
+
+def test_warm_start_takes_the_teachers_weights(checkpoint_dir, tmp_path):
+    import transformers
+
+    from encoder import ModernBertModel
+    from recipes.default_model import DefaultModelConfig, init_student
+    from tests.conftest import bert_embedder
+
+    teacher = bert_embedder(checkpoint_dir, tmp_path, hidden_size=32, num_hidden_layers=3, seed=3)
+    bert = transformers.BertModel.from_pretrained(tmp_path / "bert").eval()
+    config = DefaultModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                max_length=512, student_init="teacher", teacher_layers=[0, 2])
+    student = ModernBertModel.from_pretrained(init_student(config, str(teacher), tmp_path / "student"))
+    e = bert.embeddings
+    words = e.word_embeddings.weight + e.token_type_embeddings.weight[0] + e.position_embeddings.weight.mean(0)
+    torch.testing.assert_close(student.embeddings.tok_embeddings.weight[: len(words)], words)
+    layer, second = bert.encoder.layer[2], student.layers[1]
+    attention = layer.attention.self
+    torch.testing.assert_close(second.attn.Wqkv.weight,
+                               torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]))
+    torch.testing.assert_close(second.attn_norm.weight, bert.encoder.layer[0].output.LayerNorm.weight)
+    torch.testing.assert_close(second.mlp_norm.bias, layer.attention.output.LayerNorm.bias)
+    torch.testing.assert_close(student.final_norm.weight, layer.output.LayerNorm.weight)
+    x = torch.randn(5, 32)
+    with torch.no_grad():  # GeGLU with a gate of ones is BERT's GELU MLP
+        torch.testing.assert_close(second.mlp(x), layer.output.dense(layer.intermediate(x)))
+
+    narrower = DefaultModelConfig(**{**config.__dict__, "intermediate_size": 40})
+    student = ModernBertModel.from_pretrained(init_student(narrower, str(teacher), tmp_path / "narrow"))
+    assert student.layers[0].mlp.Wo.weight.shape == (32, 40)
+    with pytest.raises(ValueError, match="teacher's width"):
+        init_student(DefaultModelConfig(**{**config.__dict__, "hidden_size": 48}), str(teacher), tmp_path / "wide")
