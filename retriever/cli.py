@@ -133,6 +133,9 @@ def search(
                                                         "a flag."),
     fusion: str = typer.Option(None, "--fusion", help="Hybrid search fused by NAME[:WEIGHT]: rrf, wrrf, minmax, "
                                                       "zscore or dbsf, WEIGHT the dense side's share (0 to 1)."),
+    where: list[str] = typer.Option([], "--where", help="Only documents whose metadata meet FIELD=VALUE, FIELD!=VALUE, "
+                                                        "FIELD>=VALUE (or >, <, <=) or FIELD=[A,B]; source=PATH: "
+                                                        "under PATH. Repeat: all must hold."),
     json_output: bool = typer.Option(False, "--json", help="Print hits as JSON on stdout."),
     queries: Path = typer.Option(None, "--queries", help="Search every query of a file (.tsv: id<TAB>text; "
                                                          ".jsonl: _id/id and text, BEIR style; else one per "
@@ -151,15 +154,21 @@ def search(
         _fail("--dense, --lexical and --hybrid/--fusion pick one search mode: give one of them")
     mode = "dense" if dense else "lexical" if lexical else "hybrid" if hybrid or fusion else DEFAULT_MODE
     try:
+        conditions = None
+        if where:
+            from retriever.filters import parse_cli
+
+            conditions = parse_cli(where)
         if queries is not None:
             from retriever.beir import read_queries
 
             query_texts = read_queries(queries)
         retriever = Retriever.open(index_dir or DEFAULT_INDEX_DIR, device=device)
         if queries is not None:
-            results = retriever.search_batch(list(query_texts.values()), k=k, mode=mode, fusion=fusion)
+            results = retriever.search_batch(list(query_texts.values()), k=k, mode=mode, fusion=fusion,
+                                             where=conditions)
         else:
-            results = [retriever.search(query, k=k, mode=mode, fusion=fusion)]
+            results = [retriever.search(query, k=k, mode=mode, fusion=fusion, where=conditions)]
     except _errors() as e:
         _fail(str(e))
     if queries is not None:

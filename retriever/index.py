@@ -17,6 +17,7 @@ manifest names and keep using it while a writer works.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import threading
@@ -29,6 +30,7 @@ import numpy as np
 
 from encoder.batching import DEFAULT_BATCH_TOKENS
 from encoder.progress import TokenProgress
+from retriever import filters
 from retriever.commit import fsync_tree, next_generation, retire_generations, write_lock
 from retriever.documents import Corpus, Document, as_document, embedding_input
 from retriever.embedding import Chunking, Passage, PassageEncoder
@@ -46,6 +48,7 @@ SEARCH_MODES = ("dense", "lexical", "hybrid")
 # What search does when no mode is named: fused search beat dense alone on every set measured
 # (the default model's card).
 DEFAULT_MODE = "hybrid"
+FILTER_CACHE = 64
 _VECTORS = "vectors.faiss"
 _STORE = "store.sqlite"
 _BM25 = "bm25"
@@ -174,6 +177,9 @@ class Retriever:
             if self.store is not None:
                 self.store.close()
             self.store, self.manifest, self._lexical = store, manifest, None
+            # what filters found in this generation: its metadata fields, and recent filters' chunks
+            self._fields: set[str] | None = None
+            self._filtered: dict[str, np.ndarray] = {}
             return
         raise RetrieverError(f"{self.directory}: generation {manifest.generation} named by the manifest is missing")
 
@@ -337,17 +343,19 @@ class Retriever:
 
     # ---- reading ------------------------------------------------------------------------------
 
-    def search(self, query: str, k: int = 10, mode: str | None = None, fusion: Fusion | str | None = None
-               ) -> list[Hit]:
-        return self.search_batch([query], k=k, mode=mode, fusion=fusion)[0]
+    def search(self, query: str, k: int = 10, mode: str | None = None, fusion: Fusion | str | None = None,
+               where: dict | None = None) -> list[Hit]:
+        return self.search_batch([query], k=k, mode=mode, fusion=fusion, where=where)[0]
 
     def search_batch(self, queries: list[str], k: int = 10, mode: str | None = None,
-                     fusion: Fusion | str | None = None) -> list[list[Hit]]:
+                     fusion: Fusion | str | None = None, where: dict | None = None) -> list[list[Hit]]:
         """The k best documents per query, each with its best passage.
 
         `mode`: "dense" (cosine similarity of each document's best chunk), "lexical" (BM25 of its
         best chunk) or "hybrid" (both rankings joined by `fusion`, a `Fusion` or "NAME[:WEIGHT]",
-        default DEFAULT_FUSION); None: DEFAULT_MODE ("hybrid" whenever a fusion is given)."""
+        default DEFAULT_FUSION); None: DEFAULT_MODE ("hybrid" whenever a fusion is given).
+        `where`: only documents that meet these metadata conditions (retriever/filters.py), applied
+        inside both searches, so k hits come back whenever k documents match."""
         mode = mode or ("hybrid" if fusion is not None else DEFAULT_MODE)
         if mode not in SEARCH_MODES:
             raise ValueError(f"search mode {mode!r}: expected one of {', '.join(SEARCH_MODES)}")
@@ -362,14 +370,17 @@ class Retriever:
             raise ValueError(f"k must be at least 1, got {k}")
         if not queries or self.vectors.ntotal == 0:
             return [[] for _ in queries]
+        allowed = self._allowed_chunks(where) if where else None
+        if allowed is not None and not len(allowed):
+            return [[] for _ in queries]
         dense_depth, lexical_depth = candidate_depths(k) if mode == "hybrid" else (k, k * LEXICAL_FACTOR)
         sides = []  # per side, per query: {doc id: (best chunk id, its score)}, best first
         if mode != "lexical":
             sides.append(self._dense_rankings(self.model.encode_queries(list(queries), self.batch_tokens),
-                                              dense_depth))
+                                              dense_depth, allowed))
         if mode != "dense":
             sides.append([_best_per_doc(self._doc_ids(hits)) for hits in
-                          self.lexical.search(list(queries), lexical_depth)])
+                          self.lexical.search(list(queries), lexical_depth, allowed)])
         results = []
         for per_side in zip(*sides):
             best_chunk = {doc: chunk for side in reversed(per_side) for doc, (chunk, _) in side.items()}
@@ -380,15 +391,35 @@ class Retriever:
             results.append(self._hits(ranking, best_chunk))
         return results
 
-    def _dense_rankings(self, query_vectors: np.ndarray, k: int) -> list[dict[str, tuple[int, float]]]:
+    def _allowed_chunks(self, where: dict) -> np.ndarray:
+        """The chunk ids of the documents `where` admits; a field no document has is an error. The
+        store is scanned once per generation for its fields and once per distinct filter (the last
+        FILTER_CACHE kept): a generation never changes, so neither do the answers."""
+        conditions = filters.conditions(where)
+        key = json.dumps([[c.field, c.operator, c.value] for c in conditions], sort_keys=True)
+        with self._lock:
+            if self._fields is None:
+                self._fields = self.store.metadata_fields()
+            if unknown := [c.field for c in conditions if c.field != filters.SOURCE and c.field not in self._fields]:
+                raise ValueError(f"where: no document has a metadata field {unknown[0]!r} (fields: "
+                                 f"{', '.join(sorted(self._fields)) or 'none'}, and {filters.SOURCE!r})")
+            if key not in self._filtered:
+                if len(self._filtered) >= FILTER_CACHE:
+                    del self._filtered[next(iter(self._filtered))]
+                self._filtered[key] = self.store.chunk_ids_where(conditions)
+            return self._filtered[key]
+
+    def _dense_rankings(self, query_vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+                        ) -> list[dict[str, tuple[int, float]]]:
         """Per query: {doc id: (best chunk id, its score)} for the k best documents, best first."""
         fetch = k * 4
+        searchable = self.vectors.ntotal if allowed is None else len(allowed)
         while True:
-            scores, ids = self.vectors.search(query_vectors, fetch)
+            scores, ids = self.vectors.search(query_vectors, fetch, allowed)
             per_query = [_best_per_doc(self._doc_ids([(int(i), float(s)) for i, s in zip(row_ids, row_scores)
                                                       if i >= 0]))
                          for row_ids, row_scores in zip(ids, scores)]
-            if fetch >= self.vectors.ntotal or all(len(docs) >= k for docs in per_query):
+            if fetch >= searchable or all(len(docs) >= k for docs in per_query):
                 return [dict(list(docs.items())[:k]) for docs in per_query]
             fetch *= 4
 

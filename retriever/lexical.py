@@ -64,12 +64,15 @@ class LexicalIndex:
 
         return cls(bm25s.BM25.load(str(directory), mmap=True, show_progress=False), chunk_ids)
 
-    def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
-        """[(chunk id, score)] per query, best first; chunks without any query term are left out."""
+    def search(self, queries: list[str], k: int, allowed: np.ndarray | None = None
+               ) -> list[list[tuple[int, float]]]:
+        """[(chunk id, score)] per query, best first; chunks without any query term are left out, and
+        with `allowed`, chunks not in it (masked inside the search)."""
         k = min(k, len(self.chunk_ids))
         if self.bm25 is None or k == 0:
             return [[] for _ in queries]
+        mask = None if allowed is None else np.isin(self.chunk_ids, allowed).astype(np.float32)
         tokens = tokenize(queries)
-        rows, scores = self.bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        rows, scores = self.bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1, weight_mask=mask)
         return [[(int(self.chunk_ids[r]), float(s)) for r, s in zip(row, score) if s > 0]
                 for row, score in zip(rows, scores)]

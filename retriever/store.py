@@ -11,7 +11,10 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from retriever.documents import Document
+from retriever.filters import SOURCE, Condition, to_sql
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -61,10 +64,20 @@ class Store:
         """{doc id: source} of the documents read from any of these files or folders."""
         found = {}
         for source in sources:
-            rows = self.db.execute("SELECT id, source FROM documents WHERE source = ? OR source LIKE ? ESCAPE '\\'",
-                                   (source, _like_prefix(source.rstrip("/") + "/")))
-            found.update(rows)
+            sql, params = to_sql([Condition(SOURCE, "prefix", source)])
+            found.update(self.db.execute(f"SELECT id, source FROM documents WHERE {sql}", params))
         return found
+
+    def chunk_ids_where(self, where: list[Condition]) -> np.ndarray:
+        """The chunk ids of the documents that meet every condition, ascending."""
+        sql, params = to_sql(where)
+        rows = self.db.execute(f"SELECT c.chunk_id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE {sql} "
+                               "ORDER BY c.chunk_id", params)
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def metadata_fields(self) -> set[str]:
+        """Every metadata field some document has."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT j.key FROM documents, json_each(documents.metadata) j")}
 
     def chunk_ids(self, doc_ids: Iterable[str]) -> list[int]:
         out: list[int] = []
@@ -125,7 +138,3 @@ class Store:
 
     def commit(self) -> None:
         self.db.commit()
-
-
-def _like_prefix(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

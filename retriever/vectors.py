@@ -127,19 +127,34 @@ class VectorIndex:
         rebuilt.add(all_ids[keep], vectors[keep])
         self.index = rebuilt.index
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each [queries, k'] with k' = min(k, vectors); missing slots have id -1."""
-        k = min(k, self.ntotal)
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each [queries, k'] with k' = min(k, vectors); missing slots have id -1.
+        `allowed`: only these ids are searched (a filter applied inside the search, not after it)."""
+        k = min(k, self.ntotal if allowed is None else len(allowed))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        # the selector is held here until the search returns: faiss keeps only a pointer to it
+        selector = None if allowed is None else faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+        params = None if selector is None else self._search_parameters(selector)
         if len(queries) >= _PARALLEL_QUERIES:
-            return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+            return self.index.search(queries, k, params=params)
         threads = faiss.omp_get_max_threads()  # torch shares this OpenMP setting: put it back after
         faiss.omp_set_num_threads(1)
         try:
-            return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+            return self.index.search(queries, k, params=params)
         finally:
             faiss.omp_set_num_threads(threads)
+
+    def _search_parameters(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+        """The inner index's own kind of parameters (HNSW and IVF refuse others), with the selector."""
+        inner = _inner(self.index)
+        if isinstance(inner, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
+        if isinstance(inner, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
+        return faiss.SearchParameters(sel=selector)
 
 
 def _gpu_available() -> bool:

@@ -195,6 +195,27 @@ def test_search_modes_and_fusions(model_dir, tmp_path):
         index.search("x", fusion="zscore:high")
 
 
+def test_metadata_filters_apply_inside_every_search_mode(model_dir, tmp_path):
+    index = Retriever.create(tmp_path / "idx", model_dir)
+    index.add([{"id": f"d{i}", "text": t, "team": ["ops", "dev", "qa"][i % 3], "year": 2000 + i}
+               for i, t in enumerate(TEXTS)])
+    ops = {f"d{i}" for i in range(0, len(TEXTS), 3)}
+    for mode in ("dense", "lexical", "hybrid"):
+        hits = index.search(TEXTS[1], k=5, mode=mode, where={"team": "ops"})
+        assert len(hits) == 5 and {h.id for h in hits} <= ops and "d1" not in {h.id for h in hits}
+        # k hits whenever k documents match, however low they rank unfiltered
+        hits = index.search(TEXTS[1], k=3, mode=mode, where={"year": {">=": 2027}})
+        assert {h.id for h in hits} == {"d27", "d28", "d29"}
+        hits = index.search(TEXTS[4], k=10, mode=mode, where={"team": {"in": ["dev", "qa"]}, "year": {"<": 2010}})
+        assert {h.id for h in hits} == {"d1", "d2", "d4", "d5", "d7", "d8"} and hits[0].id == "d4"
+    assert index.search(TEXTS[1], where={"team": "nobody"}) == []
+    assert [h.id for h in index.search(TEXTS[1], k=3, where={})] == [h.id for h in index.search(TEXTS[1], k=3)]
+    with pytest.raises(ValueError, match="no document has a metadata field 'tem'"):
+        index.search(TEXTS[1], where={"tem": "ops"})
+    with pytest.raises(ValueError, match="unknown operator"):
+        index.search(TEXTS[1], where={"year": {"=>": 2001}})
+
+
 def test_titles_are_embedded_before_the_text(model_dir, tmp_path):
     index = Retriever.create(tmp_path / "idx", model_dir)
     index.add([{"id": "t", "title": "Zebra facts", "text": TEXTS[0]},
@@ -233,6 +254,9 @@ def test_index_types_search_and_remove(model_dir, tmp_path, index_type):
     index.remove(["3"])
     assert index.search(TEXTS[4])[0].id == "4"
     assert index.vectors.ntotal == 29
+    allowed = np.array(sorted(index.store.chunk_ids(["5", "9", "20"])))
+    _, ids = index.vectors.search(index.model.encode_queries([TEXTS[9]]), 10, allowed)
+    assert ids[0][0] == allowed[1] and set(ids[0][ids[0] >= 0]) == set(allowed)
 
 
 def test_ivfpq_refuses_too_few_vectors(model_dir, tmp_path):
@@ -257,6 +281,9 @@ def test_ivfpq_on_enough_vectors():
     _, ids = index.search(vectors[:50], 10)
     assert 100 not in ids
     assert np.mean([100 + i in ids[i] for i in range(1, 50)]) >= 0.9
+    allowed = np.arange(100, 100 + len(vectors), 7)  # a filter inside the IVF search
+    _, ids = index.search(vectors[7:57:7], 10, allowed)
+    assert set(ids[ids >= 0]) <= set(allowed) and np.mean([107 + 7 * i in ids[i] for i in range(7)]) >= 0.8
 
 
 def test_opening_with_another_model_is_an_error(model_dir, cls_model_dir, tmp_path):
@@ -367,6 +394,13 @@ def test_cli_index_search_info_remove(model_dir, tmp_path):
             assert payload["hits"][0]["id"] == "page.html"
     payload = json.loads(cli("search", "vaccine dose trial", "--index", index, "--json").stdout)
     assert payload["mode"] == "hybrid" and payload["fusion"] == str(DEFAULT_FUSION)
+    for where, expected in ((["source=" + str(folder / "notes")], "notes/"), (["id_col=x"], None)):
+        result = cli("search", "vaccine dose trial", "--index", index, "--json", *[f"--where={w}" for w in where])
+        if expected is None:
+            assert result.exit_code == 2 and "no document has a metadata field 'id_col'" in result.output
+        else:
+            hits = json.loads(result.stdout)["hits"]
+            assert hits and all(h["id"].startswith(expected) for h in hits)
     result = cli("search", "vaccine", "--index", index, "--lexical", "--hybrid")
     assert result.exit_code == 2 and "pick one search mode" in result.output
     result = cli("search", "vaccine", "--index", index, "--fusion", "borda")

@@ -159,7 +159,7 @@ def retriever_command(
         return
     table = Table(title=f"retriever, model {model}, cpu ({report['environment']['threads']} threads)")
     for column in ("case", "write/index docs/s", "encoder docs/s", "index/encoder", "encoder share",
-                   "warm p50 ms", "p99 ms", "dense p50 ms", "query encode ms", "cold CLI s"):
+                   "warm p50 ms", "p99 ms", "dense p50 ms", "1% filter p50 ms", "query encode ms", "cold CLI s"):
         table.add_column(column, justify="right")
     for r in report["results"]:
         table.add_row(
@@ -168,6 +168,7 @@ def retriever_command(
             f"{r['index_vs_encoder']:.0%}" if "index_vs_encoder" in r else "",
             f"{r['encoder_share_of_index_time']:.0%}" if "encoder_share_of_index_time" in r else "",
             f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['dense_p50_ms']:.1f}",
+            f"{r['filtered_p50_ms']:.1f}" if "filtered_p50_ms" in r else "",
             f"{r['query_encode_p50_ms']:.1f}" if "query_encode_p50_ms" in r else "",
             f"{r['cold_cli_median_s']:.2f}" if "cold_cli_median_s" in r else "")
     Console(width=160).print(table)

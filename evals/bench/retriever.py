@@ -2,8 +2,9 @@
 
 (1) Synthetic: `docs` documents of random words with random unit vectors (the model's dimension),
     written with `Retriever.add_embedded` into a flat and an HNSW index. Then, for each index:
-    warm search latency from Python (`Retriever.search` in the default, hybrid mode and dense alone,
-    query encoding with the model included; p50/p99 over `queries` queries) and cold `retriever search` wall time (a new process each run:
+    warm search latency from Python (`Retriever.search` in the default, hybrid mode, dense alone, and
+    the default mode filtered to 1% of the documents by a metadata field; query encoding with the
+    model included; p50/p99 over `queries` queries) and cold `retriever search` wall time (a new process each run:
     imports, model load, index load, query, output).
 (2) SciFact with the real model: pure encoder throughput (`PassageEncoder.encode_documents` on the
     abstracts' `embedding_input`, what `add` embeds) against `Retriever.add` of the same documents
@@ -36,15 +37,17 @@ def _texts(count: int, rng: np.random.Generator, low: int = 10, high: int = 60) 
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(low, high)))) for _ in range(count)]
 
 
-def warm_latency_ms(retriever, queries: list[str], k: int = 10) -> dict[str, float]:
-    """p50/p99 of the default search mode (hybrid) and of dense search alone, query encoding included."""
+def warm_latency_ms(retriever, queries: list[str], k: int = 10, where: dict | None = None) -> dict[str, float]:
+    """p50/p99 of the default search mode (hybrid) and of dense search alone, query encoding included;
+    with `where`, also of the default mode filtered by it."""
     out = {}
-    for prefix, mode in (("", None), ("dense_", "dense")):
-        retriever.search(queries[0], k=k, mode=mode)  # first call: lazy loads
+    cases = [("", None, None), ("dense_", "dense", None)] + ([("filtered_", None, where)] if where else [])
+    for prefix, mode, condition in cases:
+        retriever.search(queries[0], k=k, mode=mode, where=condition)  # first call: lazy loads
         times = []
         for query in queries:
             started = time.perf_counter()
-            retriever.search(query, k=k, mode=mode)
+            retriever.search(query, k=k, mode=mode, where=condition)
             times.append((time.perf_counter() - started) * 1000)
         out.update({f"{prefix}p50_ms": _percentile(times, 50), f"{prefix}p99_ms": _percentile(times, 99)})
     return out
@@ -75,9 +78,10 @@ def synthetic(model_name: str, docs: int, queries: int, cold_runs: int, index_ty
         vectors = rng.standard_normal((docs, retriever.manifest.dimension)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         status(f"synthetic {index_type}: writing {docs:,} documents")
-        report = retriever.add_embedded([{"id": f"s{i}", "text": t} for i, t in enumerate(texts)], vectors)
+        report = retriever.add_embedded([{"id": f"s{i}", "text": t, "bucket": i % 100} for i, t in enumerate(texts)],
+                                        vectors)
         status(f"synthetic {index_type}: warm search")
-        latency = warm_latency_ms(retriever, query_texts)
+        latency = warm_latency_ms(retriever, query_texts, where={"bucket": 7})  # 1% of the documents
         encode_times = []
         for query in query_texts:
             started = time.perf_counter()
