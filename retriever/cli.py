@@ -60,6 +60,9 @@ def index(
     device: str = typer.Option(None, help="cpu or cuda (default: cpu)."),
     batch_tokens: int = typer.Option(16384, help="Tokens per encoder batch."),
     wait: float = typer.Option(0, help="Seconds to wait for another writer of the same index before failing."),
+    commit_every: int = typer.Option(1000, "--commit-every", help="Commit every N embedded documents: memory stays "
+                                                                  "bounded, and a rerun after an interruption embeds "
+                                                                  "only what was not committed."),
 ) -> None:
     """Index documents, or bring an index up to date with them: new and changed documents are
     embedded, documents of these paths that are gone are removed, unchanged ones are kept."""
@@ -90,9 +93,9 @@ def index(
                 chunking=Chunking(chunking or defaults.mode, overlap if overlap is not None else defaults.overlap,
                                   passage_tokens or defaults.passage_tokens))
         console.print(f"{len(corpus.documents)} documents read from {', '.join(map(str, paths))}")
-        report = retriever.sync(corpus, show_progress=True, wait=wait)
+        report = retriever.sync(corpus, show_progress=True, wait=wait, commit_every=commit_every)
     except KeyboardInterrupt:
-        _fail("interrupted: the index was left as it was", 130)
+        _fail("interrupted: what was committed stays in the index (run again to embed the rest)", 130)
     except _errors() as e:
         _fail(str(e))
     docs_per_s = len(report.added + report.updated) / report.encode_seconds if report.encode_seconds else 0

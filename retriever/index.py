@@ -227,19 +227,23 @@ class Retriever:
     # ---- writing ------------------------------------------------------------------------------
 
     def add(self, documents: Iterable[dict | str | Document], *, show_progress: bool = False,
-            wait: float = 0) -> UpdateReport:
+            wait: float = 0, commit_every: int | None = None) -> UpdateReport:
         """Adds documents (dicts with id/_id, text, title, metadata; strings; or Documents); a
-        document whose id is indexed already is replaced when its content changed."""
-        return self._update(_as_documents(documents), [], show_progress, wait)
+        document whose id is indexed already is replaced when its content changed. With
+        `commit_every`, the changed documents are embedded and committed that many at a time."""
+        return self._update(_as_documents(documents), [], show_progress, wait, commit_every)
 
-    def sync(self, corpus: Corpus, *, show_progress: bool = False, wait: float = 0) -> UpdateReport:
+    def sync(self, corpus: Corpus, *, show_progress: bool = False, wait: float = 0,
+             commit_every: int | None = None) -> UpdateReport:
         """Makes the index hold `corpus` for the files it read: new and changed documents embedded,
-        documents from those files (or folders) that are gone removed. Others stay."""
+        documents from those files (or folders) that are gone removed. Others stay. With
+        `commit_every`, each batch of that many changed documents is committed as it is embedded:
+        an interrupted run keeps what it committed, and a rerun embeds only the rest."""
         seen = {d.id for d in corpus.documents}
         unreadable = {str(Path(problem.path).resolve()) for problem in corpus.problems}
         vanished = [doc_id for doc_id, source in self.store.ids_from_sources(corpus.roots).items()
                     if doc_id not in seen and source not in unreadable]
-        return self._update(corpus.documents, vanished, show_progress, wait)
+        return self._update(corpus.documents, vanished, show_progress, wait, commit_every)
 
     def remove(self, ids: Iterable[str], *, wait: float = 0) -> UpdateReport:
         ids = list(dict.fromkeys(ids))
@@ -264,7 +268,7 @@ class Retriever:
             report.updated = [d.id for d in docs if d.id not in new_ids]  # given vectors replace the old ones
             report.unchanged = 0
             passages = [Passage(i, 0, len(d.text)) for i, d in enumerate(docs)]
-            self._commit(docs, vectors, passages, report)
+            self._commit(docs, vectors, passages, report.updated)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -281,29 +285,40 @@ class Retriever:
         return report
 
     def _update(self, documents: list[Document], deletions: list[str], show_progress: bool,
-                wait: float) -> UpdateReport:
+                wait: float, commit_every: int | None = None) -> UpdateReport:
+        if commit_every is not None and commit_every < 1:
+            raise ValueError(f"commit_every must be at least 1, got {commit_every}")
         started = time.perf_counter()
         with write_lock(self.directory, wait):
             report = self._reload_and_diff(documents, deletions)
             changing = set(report.added + report.updated)
             changed = [d for d in documents if d.id in changing]
             if changed or report.removed:
-                encode_started = time.perf_counter()
-                vectors, passages = self._embed(changed, show_progress, report)
-                report.encode_seconds = time.perf_counter() - encode_started
-                self._commit(changed, vectors, passages, report)
+                updated = set(report.updated)
+                step = commit_every or max(len(changed), 1)
+                batches = [changed[i:i + step] for i in range(0, len(changed), step)] or [[]]
+                with TokenProgress(show_progress, "embedding", documents=len(changed)) as progress:
+                    for number, batch in enumerate(batches):
+                        encode_started = time.perf_counter()
+                        vectors, passages = self._embed(batch, progress)
+                        report.encode_seconds += time.perf_counter() - encode_started
+                        report.chunks_embedded += len(passages)
+                        # removed documents leave with the first commit, replaced ones with their new version
+                        replaced = [d.id for d in batch if d.id in updated] + (report.removed if number == 0 else [])
+                        self._commit(batch, vectors, passages, replaced)
+                        progress.advance_documents(len(batch))
+                report.tokens = progress.done
         report.seconds = time.perf_counter() - started
         return report
 
     def _commit(self, changed: list[Document], vectors: np.ndarray, passages: list[Passage],
-                report: UpdateReport) -> None:
-        """Writes the next generation (changed documents in, replaced and removed ones out) and
+                replaced: list[str]) -> None:
+        """Writes the next generation (changed documents in, the `replaced` ids' old chunks out) and
         makes it current. Called under the write lock."""
         with next_generation(self.directory) as (generation, name):
             store = self.store.copy_to(generation / _STORE)
             index = VectorIndex.load(self.directory / self.manifest.generation / _VECTORS,
                                      self.manifest.index_type, self.manifest.dimension, self.manifest.chunks)
-            replaced = report.updated + report.removed
             index.remove(store.chunk_ids(replaced))
             store.delete(replaced)
             spans: list[list[tuple[int, int]]] = [[] for _ in changed]
@@ -325,20 +340,16 @@ class Retriever:
         self._serve(manifest, vectors=index)
         retire_generations(self.directory, keep=manifest.generation)
 
-    def _embed(self, documents: list[Document], show_progress: bool, report: UpdateReport):
+    def _embed(self, documents: list[Document], progress: TokenProgress) -> tuple[np.ndarray, list[Passage]]:
         if not documents:
             return np.zeros((0, self.manifest.dimension), np.float32), []
-        model = self.model
         inputs = [embedding_input(d) for d in documents]
-        with TokenProgress(show_progress, "embedding") as progress:
-            vectors, passages = model.encode_documents(inputs, self.chunking, self.batch_tokens, progress)
+        vectors, passages = self.model.encode_documents(inputs, self.chunking, self.batch_tokens, progress)
         for passage in passages:  # spans in the text, without the title put before it
             length = len(documents[passage.doc].text)
             shift = len(inputs[passage.doc]) - length
             passage.start = min(max(passage.start - shift, 0), length)
             passage.end = min(max(passage.end - shift, passage.start), length)
-        report.chunks_embedded = len(passages)
-        report.tokens = progress.done
         return vectors, passages
 
     # ---- reading ------------------------------------------------------------------------------

@@ -216,6 +216,18 @@ def test_metadata_filters_apply_inside_every_search_mode(model_dir, tmp_path):
         index.search(TEXTS[1], where={"year": {"=>": 2001}})
 
 
+def test_commit_every_commits_batches_and_reports_the_whole(model_dir, tmp_path):
+    index = Retriever.create(tmp_path / "idx", model_dir)
+    report = index.add([{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS[:7])], commit_every=3)
+    assert len(report.added) == 7 and report.chunks_embedded == 7 and report.tokens > 0
+    assert index.manifest.generation == "gen-000003" and index.info()["documents"] == 7  # 3 + 3 + 1
+    report = index.add([{"id": "d0", "text": TEXTS[9]}, {"id": "d9", "text": TEXTS[8]}], commit_every=1)
+    assert report.updated == ["d0"] and report.added == ["d9"] and index.manifest.generation == "gen-000005"
+    assert index.search(TEXTS[9], k=1, mode="dense")[0].id == "d0" and index.info()["chunks"] == 8
+    with pytest.raises(ValueError, match="commit_every must be at least 1"):
+        index.add(["x"], commit_every=0)
+
+
 def test_titles_are_embedded_before_the_text(model_dir, tmp_path):
     index = Retriever.create(tmp_path / "idx", model_dir)
     index.add([{"id": "t", "title": "Zebra facts", "text": TEXTS[0]},
@@ -581,9 +593,42 @@ def test_ctrl_c_mid_index_leaves_the_index_as_it_was(model_dir, tmp_path):
         time.sleep(0.1)
     writer.send_signal(signal.SIGINT)
     _, stderr = writer.communicate(timeout=60)
-    assert writer.returncode == 130 and "interrupted: the index was left as it was" in stderr
+    assert writer.returncode == 130 and "interrupted: what was committed stays in the index" in stderr
     assert not list(index.glob(".building-*"))  # cleaned up on the way out
     assert Retriever.open(index).info()["documents"] == 5
+
+
+def test_a_killed_index_run_keeps_its_commits_and_a_rerun_embeds_only_the_rest(model_dir, tmp_path):
+    (tmp_path / "docs").mkdir()
+    for i in range(7):
+        (tmp_path / "docs" / f"d{i}.txt").write_text(TEXTS[i])
+    index = tmp_path / "idx"
+    Retriever.create(index, model_dir)
+    # the third commit (documents 5 and 6 of 7, two a commit) stalls before it is written
+    script = STALLED_WRITER.replace("index_module.LexicalIndex.build = stalled_build", textwrap.dedent("""
+        built = index_module.LexicalIndex.build
+        calls = []
+        def third_stalls(chunks):
+            calls.append(1)
+            return stalled_build(chunks) if len(calls) == 3 else built(chunks)
+        index_module.LexicalIndex.build = third_stalls""")).replace(
+        'Retriever.open(sys.argv[1]).add([{"id": "late", "text": "added by the killed writer"}])',
+        'from retriever.cli import app; app(["index", sys.argv[3], "--index", sys.argv[1], "--commit-every", "2"])')
+    marker = tmp_path / "marker"
+    writer = subprocess.Popen([sys.executable, "-c", script, str(index), str(marker), str(tmp_path / "docs")],
+                              cwd=ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert writer.poll() is None and time.time() < deadline, "the CLI did not reach its third commit"
+        time.sleep(0.1)
+    writer.kill()
+    writer.wait(timeout=60)
+    assert Retriever.open(index).info()["documents"] == 4  # two commits of two
+    result = cli("index", tmp_path / "docs", "--index", index, "--commit-every", "2")
+    assert result.exit_code == 0, result.output
+    assert "3 added, 0 updated, 4 unchanged" in " ".join(result.output.split())
+    reopened = Retriever.open(index)
+    assert reopened.info()["documents"] == 7 and reopened.search(TEXTS[6], mode="dense")[0].id == "d6.txt"
 
 
 def test_a_second_writer_gets_a_clear_message(model_dir, tmp_path):
