@@ -478,6 +478,33 @@ def test_cli_late_chunking_returns_the_best_passage(model_dir, tmp_path):
     assert result.exit_code == 2 and "created with --chunking late" in result.output
 
 
+IMPORTS_OF = textwrap.dedent("""
+    import sys
+    from retriever_command import app
+    try:
+        app(sys.argv[1:], standalone_mode=False)
+    except SystemExit:
+        pass
+    print(" ".join(sorted({m.split(".")[0] for m in sys.modules})), file=sys.stderr)
+""")
+HEAVY = {"sentence_transformers", "transformers", "mteb", "datasets", "matplotlib", "evals", "recipes"}
+
+
+def test_search_imports_only_what_it_needs(model_dir, tmp_path):
+    """`retriever search --help` imports neither torch nor faiss; a dense search nothing heavy beyond
+    torch and faiss (no sentence-transformers, transformers, BM25, ...)."""
+    index = tmp_path / "idx"
+    Retriever.create(index, model_dir).add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS[:5])])
+
+    def imported(*args: str) -> set[str]:
+        result = subprocess.run([sys.executable, "-c", IMPORTS_OF, *args], capture_output=True, text=True, cwd=ROOT,
+                                timeout=120)
+        return set(result.stderr.split("\n")[-2].split())
+
+    assert not imported("search", "--help") & (HEAVY | {"torch", "faiss", "bm25s", "numpy"})
+    assert not imported("search", TEXTS[1], "--index", str(index), "--dense", "--json") & (HEAVY | {"bm25s"})
+
+
 def test_cli_queries_file_writes_a_trec_run(model_dir, tmp_path):
     folder = write_corpus(tmp_path / "corpus")
     index = tmp_path / "idx"
