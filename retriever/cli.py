@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import typer
@@ -73,9 +74,11 @@ def index(
 
     index_dir = index_dir or DEFAULT_INDEX_DIR
     console = _stderr()
+    started = time.perf_counter()
     try:
         with console.status("reading documents"):
             corpus = read_corpus(paths)
+        read_seconds = time.perf_counter() - started
         _report_problems(corpus.problems, console)
         if (index_dir / MANIFEST).is_file():
             manifest = IndexManifest.read(index_dir)
@@ -92,7 +95,8 @@ def index(
                 batch_tokens=batch_tokens,
                 chunking=Chunking(chunking or defaults.mode, overlap if overlap is not None else defaults.overlap,
                                   passage_tokens or defaults.passage_tokens))
-        console.print(f"{len(corpus.documents)} documents read from {', '.join(map(str, paths))}")
+        console.print(f"{_count(len(corpus.documents), 'document')} read from {', '.join(map(str, paths))} "
+                      f"in {read_seconds:.1f} s")
         report = retriever.sync(corpus, show_progress=True, wait=wait, commit_every=commit_every)
     except KeyboardInterrupt:
         _fail("interrupted: what was committed stays in the index (run again to embed the rest)", 130)
@@ -100,11 +104,20 @@ def index(
         _fail(str(e))
     docs_per_s = len(report.added + report.updated) / report.encode_seconds if report.encode_seconds else 0
     console.print(f"{index_dir}: {len(report.added)} added, {len(report.updated)} updated, "
-                  f"{report.unchanged} unchanged, {len(report.removed)} removed; {report.chunks_embedded} chunks "
-                  f"({report.tokens:,} tokens) embedded in {report.encode_seconds:.1f} s"
-                  + (f" ({docs_per_s:.1f} docs/s)" if docs_per_s else "") + f"; {report.seconds:.1f} s in all")
+                  f"{report.unchanged} unchanged, {len(report.removed)} removed; "
+                  f"{_count(report.chunks_embedded, 'chunk')} ({report.tokens:,} tokens) embedded in {report.encode_seconds:.1f} s"
+                  + (f" ({docs_per_s:.1f} docs/s)" if docs_per_s else "")
+                  + f"; {time.perf_counter() - started:.1f} s in all, reading included")
+    if report.kept:
+        console.print(f"kept the indexed version of {_count(len(report.kept), 'document')} whose file could not be "
+                      f"read now (listed above as skipped): {', '.join(report.kept[:SHOWN_PROBLEMS])}"
+                      + (" ..." if len(report.kept) > SHOWN_PROBLEMS else ""), highlight=False)
     if corpus.problems:
         console.print(f"{len(corpus.problems)} skipped (listed above)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _check_fixed_options(manifest, index_dir: Path, **given) -> None:
@@ -182,13 +195,15 @@ def search(
         _stderr().print(f"{len(query_texts)} queries searched; TREC run written to {output}")
         return
     hits = results[0]
+    used_fusion = (fusion or str(DEFAULT_FUSION)) if mode == "hybrid" else None
+    score = {"dense": "cosine" if retriever.manifest.normalize else "inner product", "lexical": "BM25",
+             "hybrid": f"fused ({used_fusion})"}[mode]
     if json_output:
-        used_fusion = (fusion or str(DEFAULT_FUSION)) if mode == "hybrid" else None
-        print(json.dumps({"query": query, "mode": mode, "fusion": used_fusion,
+        print(json.dumps({"query": query, "mode": mode, "fusion": used_fusion, "score": score,
                           "hits": [h.to_dict() for h in hits]},
                          ensure_ascii=False, indent=2))
         return
-    _print_hits(query, hits)
+    _print_hits(query, hits, score)
 
 
 def snippet(passage: str, query: str, width: int = SNIPPET_CHARS) -> str:
@@ -204,7 +219,7 @@ def snippet(passage: str, query: str, width: int = SNIPPET_CHARS) -> str:
     return ("..." if start else "") + cut + ("..." if start + width < len(text) else "")
 
 
-def _print_hits(query: str, hits) -> None:
+def _print_hits(query: str, hits, score: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -212,7 +227,7 @@ def _print_hits(query: str, hits) -> None:
         _stderr().print("no hits")
         return
     table = Table(show_lines=True)
-    for column, style in (("rank", "bold"), ("score", None), ("id", "cyan"), ("title / path", None),
+    for column, style in (("rank", "bold"), (f"score\n{score}", None), ("id", "cyan"), ("title / path", None),
                           ("passage", None)):
         table.add_column(column, style=style, overflow="fold")
     for hit in hits:

@@ -88,6 +88,7 @@ class UpdateReport:
     unchanged: int = 0
     removed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # remove(): ids that were not in the index
+    kept: list[str] = field(default_factory=list)  # sync(): ids whose file could not be read now: old version kept
     chunks_embedded: int = 0
     tokens: int = 0
     encode_seconds: float = 0.0
@@ -241,9 +242,12 @@ class Retriever:
         an interrupted run keeps what it committed, and a rerun embeds only the rest."""
         seen = {d.id for d in corpus.documents}
         unreadable = {str(Path(problem.path).resolve()) for problem in corpus.problems}
-        vanished = [doc_id for doc_id, source in self.store.ids_from_sources(corpus.roots).items()
-                    if doc_id not in seen and source not in unreadable]
-        return self._update(corpus.documents, vanished, show_progress, wait, commit_every)
+        indexed = self.store.ids_from_sources(corpus.roots)
+        vanished = [doc_id for doc_id, source in indexed.items() if doc_id not in seen and source not in unreadable]
+        report = self._update(corpus.documents, vanished, show_progress, wait, commit_every)
+        report.kept = sorted(doc_id for doc_id, source in indexed.items()
+                             if doc_id not in seen and source in unreadable)
+        return report
 
     def remove(self, ids: Iterable[str], *, wait: float = 0) -> UpdateReport:
         ids = list(dict.fromkeys(ids))
@@ -376,7 +380,7 @@ class Retriever:
         fusion = Fusion.parse(fusion) if isinstance(fusion, str) else fusion or DEFAULT_FUSION
         for i, query in enumerate(queries):
             if not isinstance(query, str) or not query.strip():
-                raise ValueError(f"query {i + 1} is empty")
+                raise ValueError("the query is empty" if len(queries) == 1 else f"query {i + 1} is empty")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if not queries or self.vectors.ntotal == 0:

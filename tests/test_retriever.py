@@ -402,6 +402,7 @@ def test_cli_index_search_info_remove(model_dir, tmp_path):
         assert result.exit_code == 0, result.output
         payload = json.loads(result.stdout)
         assert payload["mode"] == {"--lexical": "lexical", "--fusion": "hybrid", "--dense": "dense"}[flags[0]]
+        assert payload["score"] == {"--lexical": "BM25", "--fusion": "fused (zscore:0.4)", "--dense": "cosine"}[flags[0]]
         if flags[0] != "--dense":
             assert payload["hits"][0]["id"] == "page.html"
     payload = json.loads(cli("search", "vaccine dose trial", "--index", index, "--json").stdout)
@@ -460,6 +461,23 @@ def test_cli_reindex_embeds_only_changes_and_applies_deletions(model_dir, tmp_pa
     assert cli("index", other, "--index", index).exit_code == 0
     assert "0 removed" in cli("index", folder, "--index", index).output
     assert json.loads(cli("info", "--index", index, "--json").stdout)["documents"] == 14
+
+
+def test_a_file_that_became_unreadable_keeps_its_indexed_version_and_says_so(model_dir, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(TEXTS[0])
+    (tmp_path / "docs" / "b.txt").write_text(TEXTS[1])
+    index = tmp_path / "idx"
+    assert cli("index", tmp_path / "docs", "--index", index, "--model", model_dir).exit_code == 0
+    (tmp_path / "docs" / "b.txt").write_bytes(b"caf\xe9 is not UTF-8")
+    result = cli("index", tmp_path / "docs", "--index", index)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0 and "b.txt: not valid UTF-8" in output
+    assert "0 added, 0 updated, 1 unchanged, 0 removed" in output
+    assert "kept the indexed version of 1 document whose file could not be read now" in output and "b.txt" in output
+    assert Retriever.open(index).search(TEXTS[1], k=1, mode="dense")[0].id == "b.txt"
+    table = cli("search", TEXTS[1], "--index", index).stdout
+    assert "fused" in table and "zscore:0.2" in " ".join(table.split())
 
 
 def test_cli_late_chunking_returns_the_best_passage(model_dir, tmp_path):
@@ -550,7 +568,7 @@ def test_cli_bad_inputs(model_dir, tmp_path):
     assert "Traceback" not in result.output
 
     result = cli("search", "   ", "--index", index)
-    assert result.exit_code == 2 and "query 1 is empty" in result.output
+    assert result.exit_code == 2 and "the query is empty" in result.output
     result = cli("search", "x", "--index", tmp_path / "nowhere")
     assert result.exit_code == 2 and "no index here" in result.output
     result = cli("index", bad, "--index", tmp_path / "idx2", "--model", tmp_path / "no-model")
