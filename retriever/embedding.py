@@ -170,7 +170,7 @@ class PassageEncoder:
         contents = self._encode(texts, add_special_tokens=False)
         slices: list[tuple[int, int, int]] = []  # (doc, start char, end char)
         for doc, content in enumerate(contents):
-            offsets = content.offsets
+            offsets, word_ids = content.offsets, content.word_ids  # each read converts the whole list
             if len(offsets) <= capacity and chunking.mode == "window":
                 slices.append((doc, 0, len(texts[doc])))
                 continue
@@ -180,13 +180,13 @@ class PassageEncoder:
             while True:
                 last = min(first + window, len(offsets))
                 if last < len(offsets):  # end before the word the cut falls in, keeping within the window
-                    last = _word_start_before(content.word_ids, last, first)
+                    last = _word_start_before(word_ids, last, first)
                 start = offsets[first][0] if first else 0
                 end = offsets[last - 1][1] if last < len(offsets) else len(texts[doc])
                 slices.append((doc, start, end))
                 if last >= len(offsets):
                     break
-                first = _word_start_before(content.word_ids, max(last - overlap, first + 1), first)
+                first = _word_start_before(word_ids, max(last - overlap, first + 1), first)
         inputs = []
         encodings = self._encode([prompt + texts[doc][start:end] for doc, start, end in slices])
         for (doc, start, end), encoding in zip(slices, encodings):
@@ -201,12 +201,13 @@ class PassageEncoder:
     @staticmethod
     def _passages(encoding, length: int, prompt_chars: int, offset: int, passage_tokens: int):
         """Late chunking: consecutive runs of `passage_tokens` content tokens of one input."""
+        # each read of an Encoding's attribute converts the whole list: read them once
+        special, offsets, word_ids = encoding.special_tokens_mask, encoding.offsets, encoding.word_ids
         # a token is the text's once it ends past the prompt (a leading space may join the prompt's end)
-        content = [i for i in range(length)
-                   if not encoding.special_tokens_mask[i] and encoding.offsets[i][1] > prompt_chars]
+        content = [i for i in range(length) if not special[i] and offsets[i][1] > prompt_chars]
         if not content:  # nothing but special tokens: the input as a whole
             return [(0, length, offset, offset)]
-        words = [encoding.word_ids[i] for i in content]
+        words = [word_ids[i] for i in content]
         spans = []
         k = 0
         while k < len(content):
@@ -215,8 +216,8 @@ class PassageEncoder:
                 end = _word_start_after(words, end)
             group = content[k:end]
             spans.append((group[0], group[-1] + 1,
-                          offset + max(encoding.offsets[group[0]][0] - prompt_chars, 0),
-                          offset + encoding.offsets[group[-1]][1] - prompt_chars))
+                          offset + max(offsets[group[0]][0] - prompt_chars, 0),
+                          offset + offsets[group[-1]][1] - prompt_chars))
             k = end
         return spans
 
