@@ -64,6 +64,7 @@ class Corpus:
     documents: list[Document]
     problems: list[Problem]
     roots: list[str]  # the files and folders given, absolute: what a re-index may delete from
+    ignored: list[str] = field(default_factory=list)  # files of other types inside the folders given
 
 
 def as_document(item: dict | str, position: int) -> Document:
@@ -95,20 +96,22 @@ def read_corpus(paths: list[str | Path]) -> Corpus:
     documents: list[Document] = []
     problems: list[Problem] = []
     roots: list[str] = []
+    ignored: list[str] = []
     for given in paths:
         path = Path(given).expanduser()
         if not path.exists():
             raise CorpusError(f"{given}: no such file or folder")
         roots.append(str(path.resolve()))
-        for file, doc_id_base in _files(path):
+        for file, doc_id_base in _files(path, ignored):
             for item in _read_file(file, doc_id_base):
                 (problems if isinstance(item, Problem) else documents).append(item)
     documents = _unique(documents, problems)
-    return Corpus(documents, problems, roots)
+    return Corpus(documents, problems, roots, ignored)
 
 
-def _files(path: Path) -> Iterator[tuple[Path, str]]:
-    """(file, id of a plain document there) for each readable kind of file under `path`."""
+def _files(path: Path, ignored: list[str]) -> Iterator[tuple[Path, str]]:
+    """(file, id of a plain document there) for each readable kind of file under `path`; the other
+    files of a folder are added to `ignored` (hidden ones aside)."""
     if path.is_file():
         yield path, path.as_posix()  # as given: two README.md of different folders stay apart
         return
@@ -121,6 +124,8 @@ def _files(path: Path) -> Iterator[tuple[Path, str]]:
             continue  # .git, .retriever, editor files
         if file.is_file() and file.suffix.lower() in READERS:
             yield file, relative.as_posix()
+        elif file.is_file():
+            ignored.append(str(file))
 
 
 def _read_file(file: Path, doc_id: str) -> Iterator[Document | Problem]:

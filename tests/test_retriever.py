@@ -480,6 +480,20 @@ def test_a_file_that_became_unreadable_keeps_its_indexed_version_and_says_so(mod
     assert "fused" in table and "zscore:0.2" in " ".join(table.split())
 
 
+def test_files_of_other_types_are_counted_and_listed_on_request(model_dir, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(TEXTS[0])
+    (tmp_path / "docs" / "logo.png").write_bytes(b"\x89PNG")
+    (tmp_path / "docs" / "tool.py").write_text("print(1)")
+    (tmp_path / "docs" / ".hidden.py").write_text("print(2)")
+    result = cli("index", tmp_path / "docs", "--index", tmp_path / "idx", "--model", model_dir)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0 and "2 files of other types ignored (.png 1, .py 1); --verbose lists them" in output
+    assert "1 document read" in output
+    result = cli("index", tmp_path / "docs", "--index", tmp_path / "idx", "--verbose")
+    assert "ignored " + str(tmp_path / "docs" / "tool.py") in result.output and "hidden" not in result.output
+
+
 def test_cli_late_chunking_returns_the_best_passage(model_dir, tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "long.txt").write_text(LONG)
