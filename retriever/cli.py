@@ -1,4 +1,4 @@
-"""The search commands of `retriever`: index, search, info, remove. The `retriever` console script
+"""The search commands of `retriever`: index, search, info, remove, serve. The `retriever` console script
 (`retriever_command.py`) adds the train, eval and bench sub-apps to these."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, help="Encoder-based search built on ModernBERT.")
 
-INDEX_HELP = "Index folder (default ./.retriever; or set RETRIEVER_INDEX)."
+INDEX_OPTION = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", metavar="DIR",
+                            help="Index folder (default ./.retriever; or set RETRIEVER_INDEX).")
 SNIPPET_CHARS = 240
 SHOWN_PROBLEMS = 20
 
@@ -43,27 +44,34 @@ def index(
     paths: list[Path] = typer.Argument(..., help="Folders (read recursively) or files: .txt .md .rst .html, and "
                                                  ".jsonl .json .csv .parquet with _id/id, title, text columns "
                                                  "(a BEIR folder's corpus.jsonl included)."),
-    index_dir: Path = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", help=INDEX_HELP),
-    model: str = typer.Option(None, "--model", "-m", help="Embedding model: a folder or hub id in the "
-                              "sentence-transformers layout. Default: the model shipped with the toolkit. "
-                              "Fixed when the index is created."),
-    max_length: int = typer.Option(None, help="Tokens per input (default: the model's, 8192 for ModernBERT). "
-                                              "Longer documents are split. Fixed at creation."),
-    chunking: str = typer.Option(None, help="window: documents longer than --max-length are split into "
-                                            "overlapping windows, each embedded alone. late: late chunking, "
-                                            "passages of --passage-tokens pooled from one long forward pass "
-                                            "(they keep the document's context). Default window; fixed at creation."),
-    overlap: int = typer.Option(None, help="window chunking: tokens shared by neighbouring windows (default 256)."),
-    passage_tokens: int = typer.Option(None, help="late chunking: tokens per passage vector (default 256)."),
-    index_type: str = typer.Option(None, help="flat (exact), hnsw (approximate, fast at millions) or ivfpq "
-                                              "(compressed, needs 9,984+ chunks at creation). Default flat; "
-                                              "fixed at creation."),
-    device: str = typer.Option(None, help="cpu or cuda (default: cpu)."),
-    batch_tokens: int = typer.Option(16384, help="Tokens per encoder batch."),
-    wait: float = typer.Option(0, help="Seconds to wait for another writer of the same index before failing."),
-    commit_every: int = typer.Option(1000, "--commit-every", help="Commit every N embedded documents: memory stays "
-                                                                  "bounded, and a rerun after an interruption embeds "
-                                                                  "only what was not committed."),
+    index_dir: Path = INDEX_OPTION,
+    model: str = typer.Option(None, "--model", "-m", metavar="NAME",
+                              help="Embedding model: a folder or hub id in the sentence-transformers layout. Default:"
+                                   " the model shipped with the toolkit. Fixed when the index is created."),
+    max_length: int = typer.Option(None, metavar="TOKENS",
+                                   help="Tokens per input (default: the model's, 8192 for ModernBERT). Longer "
+                                        "documents are split. Fixed at creation."),
+    chunking: str = typer.Option(None, metavar="window|late",
+                                 help="window: documents longer than --max-length are split into overlapping windows,"
+                                      " each embedded alone. late: late chunking, passages of --passage-tokens pooled"
+                                      " from one long forward pass (they keep the document's context). Default "
+                                      "window; fixed at creation."),
+    overlap: int = typer.Option(None, metavar="TOKENS",
+                                help="window chunking: tokens shared by neighbouring windows (default 256)."),
+    passage_tokens: int = typer.Option(None, metavar="TOKENS",
+                                       help="late chunking: tokens per passage vector (default 256)."),
+    index_type: str = typer.Option(None, metavar="flat|hnsw|ivfpq",
+                                   help="flat (exact), hnsw (approximate, fast at millions) or ivfpq (compressed, "
+                                        "needs 9,984+ chunks at creation). Default flat; fixed at creation."),
+    device: str = typer.Option(None, metavar="cpu|cuda", help="cpu or cuda (default: cpu)."),
+    batch_tokens: int = typer.Option(16384, metavar="TOKENS", help="Tokens per encoder batch."),
+    wait: float = typer.Option(0, metavar="SECONDS",
+                               help="Seconds to wait for another writer of the same index before failing."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="",
+                                 help="List the files of other types that were ignored."),
+    commit_every: int = typer.Option(1000, "--commit-every", metavar="N",
+                                     help="Commit every N embedded documents: memory stays bounded, and a rerun after"
+                                          " an interruption embeds only what was not committed."),
 ) -> None:
     """Index documents, or bring an index up to date with them: new and changed documents are
     embedded, documents of these paths that are gone are removed, unchanged ones are kept."""
@@ -80,6 +88,7 @@ def index(
             corpus = read_corpus(paths)
         read_seconds = time.perf_counter() - started
         _report_problems(corpus.problems, console)
+        _report_ignored(corpus.ignored, verbose, console)
         if (index_dir / MANIFEST).is_file():
             manifest = IndexManifest.read(index_dir)
             _check_fixed_options(manifest, index_dir, max_length=max_length, index_type=index_type,
@@ -105,7 +114,8 @@ def index(
     docs_per_s = len(report.added + report.updated) / report.encode_seconds if report.encode_seconds else 0
     console.print(f"{index_dir}: {len(report.added)} added, {len(report.updated)} updated, "
                   f"{report.unchanged} unchanged, {len(report.removed)} removed; "
-                  f"{_count(report.chunks_embedded, 'chunk')} ({report.tokens:,} tokens) embedded in {report.encode_seconds:.1f} s"
+                  f"{_count(report.chunks_embedded, 'chunk')} ({report.tokens:,} tokens) embedded in "
+                  f"{report.encode_seconds:.1f} s"
                   + (f" ({docs_per_s:.1f} docs/s)" if docs_per_s else "")
                   + f"; {time.perf_counter() - started:.1f} s in all, reading included")
     if report.kept:
@@ -130,6 +140,22 @@ def _check_fixed_options(manifest, index_dir: Path, **given) -> None:
                   f"to {value}: index into a new --index folder instead")
 
 
+def _report_ignored(ignored: list[str], verbose: bool, console) -> None:
+    """Files of other types are not problems, but say how many there were, and of which types."""
+    if not ignored:
+        return
+    from collections import Counter
+
+    kinds = Counter(Path(f).suffix.lower() or "(no suffix)" for f in ignored)
+    console.print(f"{_count(len(ignored), 'file')} of other types ignored ("
+                  + ", ".join(f"{kind} {n}" for kind, n in kinds.most_common(5))
+                  + (", ..." if len(kinds) > 5 else "") + ")" + ("" if verbose else "; --verbose lists them"),
+                  highlight=False)
+    if verbose:
+        for file in ignored:
+            console.print(f"  ignored {file}", highlight=False, soft_wrap=True)
+
+
 def _report_problems(problems, console) -> None:
     for problem in problems[:SHOWN_PROBLEMS]:
         console.print(f"[yellow]skipped[/] {problem}", highlight=False, markup=True, soft_wrap=True)
@@ -140,24 +166,27 @@ def _report_problems(problems, console) -> None:
 @app.command()
 def search(
     query: str = typer.Argument(None, help="What to search for."),
-    index_dir: Path = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", help=INDEX_HELP),
-    k: int = typer.Option(10, "-k", help="Documents to return."),
-    dense: bool = typer.Option(False, "--dense", help="Dense search alone."),
-    lexical: bool = typer.Option(False, "--lexical", help="BM25 alone."),
-    hybrid: bool = typer.Option(False, "--hybrid", help="Dense and BM25 rankings fused with the default fusion "
-                                                        "(z-scores, dense weight 0.2): what search does without "
-                                                        "a flag."),
-    fusion: str = typer.Option(None, "--fusion", help="Hybrid search fused by NAME[:WEIGHT]: rrf, wrrf, minmax, "
-                                                      "zscore or dbsf, WEIGHT the dense side's share (0 to 1)."),
-    where: list[str] = typer.Option([], "--where", help="Only documents whose metadata meet FIELD=VALUE, FIELD!=VALUE, "
-                                                        "FIELD>=VALUE (or >, <, <=) or FIELD=[A,B]; source=PATH: "
-                                                        "under PATH. Repeat: all must hold."),
-    json_output: bool = typer.Option(False, "--json", help="Print hits as JSON on stdout."),
-    queries: Path = typer.Option(None, "--queries", help="Search every query of a file (.tsv: id<TAB>text; "
-                                                         ".jsonl: _id/id and text, BEIR style; else one per "
-                                                         "line) and write a TREC run file."),
-    output: Path = typer.Option(Path("run.trec"), "--output", "-o", help="--queries: the TREC run file to write."),
-    device: str = typer.Option(None, help="cpu or cuda (default: cpu)."),
+    index_dir: Path = INDEX_OPTION,
+    k: int = typer.Option(10, "-k", metavar="N", help="Documents to return."),
+    dense: bool = typer.Option(False, "--dense", metavar="", help="Dense search alone."),
+    lexical: bool = typer.Option(False, "--lexical", metavar="", help="BM25 alone."),
+    hybrid: bool = typer.Option(False, "--hybrid", metavar="",
+                                help="Dense and BM25 rankings fused with the default fusion (z-scores, dense weight "
+                                     "0.2): what search does without a flag."),
+    fusion: str = typer.Option(None, "--fusion", metavar="NAME[:WEIGHT]",
+                               help="Hybrid search fused by NAME[:WEIGHT]: rrf, wrrf, minmax, zscore or dbsf, WEIGHT "
+                                    "the dense side's share (0 to 1)."),
+    where: list[str] = typer.Option([], "--where", metavar="CONDITION",
+                                    help="Only documents whose metadata meet FIELD=VALUE, FIELD!=VALUE, FIELD>=VALUE "
+                                         "(or >, <, <=) or FIELD=[A,B]; source=PATH: under PATH. Repeat: all must "
+                                         "hold."),
+    json_output: bool = typer.Option(False, "--json", metavar="", help="Print hits as JSON on stdout."),
+    queries: Path = typer.Option(None, "--queries", metavar="FILE",
+                                 help="Search every query of a file (.tsv: id<TAB>text; .jsonl: _id/id and text, BEIR"
+                                      " style; else one per line) and write a TREC run file."),
+    output: Path = typer.Option(Path("run.trec"), "--output", "-o", metavar="FILE",
+                                help="--queries: the TREC run file to write."),
+    device: str = typer.Option(None, metavar="cpu|cuda", help="cpu or cuda (default: cpu)."),
 ) -> None:
     """Search an index: a table of rank, score, document id, title or path, and the best passage. Without a
     flag, dense and BM25 rankings fused (--hybrid); --dense or --lexical for one side."""
@@ -240,8 +269,8 @@ def _print_hits(query: str, hits, score: str) -> None:
 
 @app.command()
 def info(
-    index_dir: Path = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", help=INDEX_HELP),
-    json_output: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
+    index_dir: Path = INDEX_OPTION,
+    json_output: bool = typer.Option(False, "--json", metavar="", help="Print as JSON on stdout."),
 ) -> None:
     """What an index holds: model, dimension, documents and chunks, size, type, times."""
     from retriever.index import DEFAULT_INDEX_DIR, Retriever
@@ -284,8 +313,9 @@ def info(
 @app.command()
 def remove(
     ids: list[str] = typer.Argument(..., help="Ids of the documents to remove."),
-    index_dir: Path = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", help=INDEX_HELP),
-    wait: float = typer.Option(0, help="Seconds to wait for another writer of the same index before failing."),
+    index_dir: Path = INDEX_OPTION,
+    wait: float = typer.Option(0, metavar="SECONDS",
+                               help="Seconds to wait for another writer of the same index before failing."),
 ) -> None:
     """Remove documents from an index by id."""
     from retriever.index import DEFAULT_INDEX_DIR, Retriever
@@ -302,3 +332,32 @@ def remove(
         console.print(f"not in the index: {', '.join(report.missing)}", highlight=False)
         if not report.removed:
             raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    index_dir: Path = INDEX_OPTION,
+    host: str = typer.Option("127.0.0.1", metavar="ADDRESS",
+                             help="Address to listen on: 127.0.0.1 is this machine only, 0.0.0.0 every network it "
+                                  "is on."),
+    port: int = typer.Option(8000, metavar="PORT", help="Port to listen on."),
+    api_key: str = typer.Option(None, "--api-key", envvar="RETRIEVER_API_KEY", metavar="KEY",
+                                help="Require this key on every request (Authorization: Bearer KEY or X-API-Key: "
+                                     "KEY). Prefer the variable: a command line is visible to other users."),
+    wait: float = typer.Option(10.0, metavar="SECONDS",
+                               help="Seconds a write waits for another writer of the index before it gets 409."),
+) -> None:
+    """Serve an index over HTTP: JSON search, document writes, info; the OpenAPI page at /docs."""
+    from retriever.index import DEFAULT_INDEX_DIR
+
+    try:
+        import uvicorn
+
+        from retriever.server import create_app
+    except ImportError as e:
+        _fail(f"retriever serve needs the server extra (pip install 'modernbert-retriever[server]'): {e}")
+    try:
+        server_app = create_app(index_dir or DEFAULT_INDEX_DIR, api_key=api_key, wait=wait)
+    except _errors() as e:
+        _fail(str(e))
+    uvicorn.run(server_app, host=host, port=port)

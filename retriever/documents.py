@@ -276,9 +276,14 @@ def _json_safe(metadata: dict, where: str) -> dict:
 
 
 def _unique(documents: list[Document], problems: list[Problem]) -> list[Document]:
-    """The first document of each id; later duplicates become problems naming both places."""
+    """The first document of each id; later duplicates become problems naming both places. A page
+    reached twice (a folder and a file in it, both given) is read once."""
     first: dict[str, Document] = {}
+    pages: set[str] = set()
     for doc in documents:
+        if is_page(doc) and doc.source in pages:
+            continue
+        pages.update([doc.source] if is_page(doc) else [])
         if doc.id in first:
             problems.append(Problem(doc.source, f"duplicate id {doc.id!r} (first in {first[doc.id].source}); skipped"))
         else:
@@ -330,12 +335,21 @@ def html_text(markup: str) -> tuple[str, str]:
     return " ".join("".join(parser.title_parts).split()), "\n".join(line for line in lines if line)
 
 
-# One entry per file format: suffix -> reader.
+# One entry per file format: suffix -> reader. A page is one document (its id: its path); a record
+# file holds one a row (ids from the rows).
 _markdown = _page_reader(_markdown_title)
 _html = _page_reader(html_text)
-READERS = {
+PAGES = {
     ".txt": _page_reader(_untitled), ".md": _markdown, ".markdown": _markdown, ".rst": _page_reader(_rst_title),
     ".html": _html, ".htm": _html,
+}
+RECORDS = {
     ".jsonl": _text_reader(_read_jsonl), ".json": _text_reader(_read_json),
     ".csv": _table_reader("csv"), ".parquet": _table_reader("parquet"),
 }
+READERS = {**PAGES, **RECORDS}
+
+
+def is_page(document: Document) -> bool:
+    """Whether a document is a whole file (a page), whose id is its path."""
+    return Path(document.source).suffix.lower() in PAGES

@@ -32,7 +32,7 @@ from encoder.batching import DEFAULT_BATCH_TOKENS
 from encoder.progress import TokenProgress
 from retriever import filters
 from retriever.commit import fsync_tree, next_generation, retire_generations, write_lock
-from retriever.documents import Corpus, Document, as_document, embedding_input
+from retriever.documents import Corpus, Document, as_document, embedding_input, is_page
 from retriever.embedding import Chunking, Passage, PassageEncoder
 from retriever.errors import IndexExistsError, IndexMismatchError, RetrieverError
 from retriever.fusion import DEFAULT_FUSION, LEXICAL_FACTOR, Fusion, candidate_depths
@@ -240,9 +240,18 @@ class Retriever:
         documents from those files (or folders) that are gone removed. Others stay. With
         `commit_every`, each batch of that many changed documents is committed as it is embedded:
         an interrupted run keeps what it committed, and a rerun embeds only the rest."""
+        indexed = self.store.ids_from_sources(corpus.roots)
+        # one file, one id: a page indexed before under another path given keeps the id it has
+        ids_of: dict[str, list[str]] = {}
+        for doc_id, source in indexed.items():
+            ids_of.setdefault(source, []).append(doc_id)
+        taken = {d.id for d in corpus.documents}
+        for document in corpus.documents:
+            ids = ids_of.get(document.source, [])
+            if is_page(document) and len(ids) == 1 and ids[0] != document.id and ids[0] not in taken:
+                document.id = ids[0]
         seen = {d.id for d in corpus.documents}
         unreadable = {str(Path(problem.path).resolve()) for problem in corpus.problems}
-        indexed = self.store.ids_from_sources(corpus.roots)
         vanished = [doc_id for doc_id, source in indexed.items() if doc_id not in seen and source not in unreadable]
         report = self._update(corpus.documents, vanished, show_progress, wait, commit_every)
         report.kept = sorted(doc_id for doc_id, source in indexed.items()

@@ -119,3 +119,19 @@ def checkpoint_dir(tmp_path_factory):
                             eos_token_id=tokenizer.sep_token_id, initializer_range=0.1)
     transformers.ModernBertModel(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def st_model_dir(checkpoint_dir, tmp_path_factory):
+    """`checkpoint_dir` as a sentence-transformers embedding model (mean pooling, normalised, query and
+    document prompts): what an index can be built with."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    path = tmp_path_factory.mktemp("st_model")
+    transformer = Transformer(str(checkpoint_dir), max_seq_length=4096)
+    SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode="mean"),
+                                 Normalize()],
+                        prompts={"query": "query: ", "document": "passage: "}, device="cpu").save(str(path))
+    return path

@@ -494,6 +494,20 @@ def test_files_of_other_types_are_counted_and_listed_on_request(model_dir, tmp_p
     assert "ignored " + str(tmp_path / "docs" / "tool.py") in result.output and "hidden" not in result.output
 
 
+def test_one_file_is_one_id_whatever_the_path_given(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(TEXTS[0])
+    (tmp_path / "docs" / "b.txt").write_text(TEXTS[1])
+    assert cli("index", "docs", "--index", "idx", "--model", model_dir).exit_code == 0
+    result = cli("index", "docs/a.txt", "--index", "idx")  # the file by its own path: the same document
+    assert "0 added, 0 updated, 1 unchanged, 0 removed" in " ".join(result.output.split())
+    result = cli("index", "docs", str(tmp_path / "docs" / "b.txt"), "--index", "idx")  # reached twice: read once
+    assert "2 documents read" in " ".join(result.output.split())
+    index = Retriever.open(tmp_path / "idx")
+    assert index.info()["documents"] == 2 and index.search(TEXTS[0], k=1, mode="dense")[0].id == "a.txt"
+
+
 def test_cli_late_chunking_returns_the_best_passage(model_dir, tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "long.txt").write_text(LONG)
