@@ -174,3 +174,30 @@ def retriever_command(
     Console(width=160).print(table)
     Console().print("warm p50/p99: the default (hybrid) search mode; targets: index >= 90% of pure encoder docs/s; "
                     "warm p50 <= 30 ms at 100k docs; cold CLI <= 2 s")
+
+
+@app.command("server")
+def server_command(
+    model: str = typer.Option("default", help="Embedding model: 'default' (shipped), a folder or a hub id."),
+    docs: int = typer.Option(10_000, help="Documents of the synthetic collection (random vectors)."),
+    queries: int = typer.Option(50, help="Searches per client."),
+    clients: int = typer.Option(8, help="Concurrent clients: threads in-process, connections over HTTP."),
+    k: int = typer.Option(10, "-k", help="Documents per search."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Search latency over HTTP (`retriever serve`) against Retriever.search in-process, N concurrent clients."""
+    from evals.bench.server import run
+
+    with console.status("") as status:
+        report = run(model, docs, queries, clients, k, status.update)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"search, {docs:,} documents, model {model}, {clients} concurrent clients x {queries} "
+                        f"searches, k={k}, cpu ({report['environment']['cpus']} cores)")
+    for column in ("", "p50 ms", "p99 ms", "searches/s"):
+        table.add_column(column, justify="right")
+    for label, side in (("Retriever.search in-process", report["in_process"]), ("HTTP /search", report["http"])):
+        table.add_row(label, f"{side['p50_ms']:.1f}", f"{side['p99_ms']:.1f}", f"{side['searches_per_s']:,.0f}")
+    Console().print(table)
+    Console().print(f"HTTP adds {report['http_overhead_p50_ms']:.1f} ms at p50")
