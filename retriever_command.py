@@ -1,5 +1,5 @@
 """The `retriever` console script: the search commands of `retriever.cli` (index, search, info,
-remove), plus the `train`, `eval` and `bench` sub-apps of `recipes/` and `evals/`, each imported
+remove, serve), plus the `train`, `eval` and `bench` sub-apps of `recipes/` and `evals/`, each imported
 only when it is named (or listed by `--help`).
 
 A module of its own above the four packages: the search library (`retriever/`) never imports the

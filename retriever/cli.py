@@ -198,6 +198,7 @@ def search(
     if dense + lexical + (hybrid or fusion is not None) > 1:
         _fail("--dense, --lexical and --hybrid/--fusion pick one search mode: give one of them")
     mode = "dense" if dense else "lexical" if lexical else "hybrid" if hybrid or fusion else DEFAULT_MODE
+    used_fusion = (fusion or str(DEFAULT_FUSION)) if mode == "hybrid" else None
     try:
         conditions = None
         if where:
@@ -219,12 +220,11 @@ def search(
     if queries is not None:
         from retriever.trec import write_trec_run
 
-        tag = (fusion or str(DEFAULT_FUSION)) if mode == "hybrid" else mode
+        tag = used_fusion or mode
         write_trec_run({qid: {h.id: h.score for h in hits} for qid, hits in zip(query_texts, results)}, output, tag)
         _stderr().print(f"{len(query_texts)} queries searched; TREC run written to {output}")
         return
     hits = results[0]
-    used_fusion = (fusion or str(DEFAULT_FUSION)) if mode == "hybrid" else None
     score = {"dense": "cosine" if retriever.manifest.normalize else "inner product", "lexical": "BM25",
              "hybrid": f"fused ({used_fusion})"}[mode]
     if json_output:
