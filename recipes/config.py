@@ -47,17 +47,28 @@ class RecipeConfig:
 
 def trainer_arguments(config, **extra):
     """sentence-transformers' training arguments from a recipe's shared keys (output_dir, epochs,
-    max_steps, batch_size, lr, warmup_ratio, seed, dataloader_workers); the recipe saves the final
-    model itself."""
+    max_steps, batch_size, lr, warmup_ratio, seed, dataloader_workers, save_steps); the recipe saves
+    the final model itself. With save_steps, the trainer keeps its latest checkpoint (model,
+    optimizer, scheduler, data position) in output_dir, and `last_checkpoint` finds it to resume."""
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
 
+    checkpoints = dict(save_strategy="steps", save_steps=config.save_steps, save_total_limit=1) \
+        if config.save_steps else dict(save_strategy="no")
     return SentenceTransformerTrainingArguments(
         output_dir=config.output_dir, num_train_epochs=config.epochs, max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size, learning_rate=config.lr, warmup_ratio=config.warmup_ratio,
-        seed=config.seed, save_strategy="no", logging_steps=10, report_to="none",
-        dataloader_num_workers=config.dataloader_workers, use_cpu=not torch.cuda.is_available(), **extra,
+        seed=config.seed, logging_steps=10, report_to="none", dataloader_num_workers=config.dataloader_workers,
+        use_cpu=not torch.cuda.is_available(), **checkpoints, **extra,
     )
+
+
+def last_checkpoint(config) -> str | None:
+    """The trainer checkpoint a run with save_steps left in output_dir (None: start afresh)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(config.output_dir)
+    return get_last_checkpoint(str(output_dir)) if config.save_steps and output_dir.is_dir() else None
 
 
 def save_final(model, config) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from recipes.config import RecipeConfig, option, save_final, trainer_arguments
+from recipes.config import RecipeConfig, last_checkpoint, option, save_final, trainer_arguments
 
 
 @dataclass
@@ -45,6 +45,8 @@ class ContrastiveConfig(RecipeConfig):
                                         "On a GPU, tokenizing long texts can take longer than the step itself.")
     dtype: str = option("float32", "Weights while training: float32 (also on a GPU: the optimizer updates them in "
                                    "place) or bfloat16.")
+    save_steps: int = option(0, "Keep a checkpoint every this many steps, and resume from it when rerun "
+                                "(0: no checkpoints).")
 
 
 def read_pairs(sources: list[str], max_pairs: int = 0) -> list[dict[str, str]]:
@@ -152,7 +154,7 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
                                          evaluator=evaluator, callbacks=callbacks)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=last_checkpoint(config))
     final = save_final(model, config)
     if evaluator is not None:
         (final / "eval_results.json").write_text(json.dumps(evaluator(model), indent=2))

@@ -61,6 +61,11 @@ class DefaultModelConfig(RecipeConfig):
     distill_steps: int = option(0, "Distillation steps; 0: run for distill_seconds.")
     distill_batch_size: int = option(256, "Texts per distillation step.")
     distill_lr: float = option(1e-3, "Peak distillation learning rate.")
+    distill_loss: str = option("both", "recipes/distill.py's loss: both (the teacher's cached embeddings and their "
+                                       "similarities) or layers (the teacher run beside a warm-started student, "
+                                       "matched layer by layer).")
+    save_steps: int = option(0, "Stages keep a checkpoint every this many steps; a rerun resumes from it, and skips "
+                                "a stage whose final model exists (0: no checkpoints, every stage runs).")
     contrastive_seconds: float = option(240.0, "Contrastive time budget (used when contrastive_steps is 0).")
     contrastive_steps: int = option(0, "Contrastive steps; 0: run for contrastive_seconds.")
     contrastive_batch_size: int = option(128, "Pairs per contrastive step (in-batch negatives).")
@@ -273,6 +278,11 @@ def stage_arguments(seconds: float, steps: int, lr: float) -> tuple[dict, StageC
     return {"max_steps": 1_000_000, "warmup_ratio": 0.0}, StageClock(seconds, lr)
 
 
+def _stage_done(output_dir: str, config: DefaultModelConfig) -> bool:
+    """A resumable run (save_steps) skips a stage that saved its final model."""
+    return bool(config.save_steps) and (Path(output_dir) / "final" / "modules.json").is_file()
+
+
 def train_default_model(config: DefaultModelConfig) -> Path:
     """Runs the whole recipe; returns the shipped model's folder."""
     from rich.console import Console
@@ -302,15 +312,17 @@ def train_default_model(config: DefaultModelConfig) -> Path:
     started = time.perf_counter()
     student = init_student(config, teacher, out / "init")
     texts = distillation_texts(pairs, raw)
+    rng.shuffle(texts)  # the layers loss reads a fraction of an epoch on a CPU: a mix of every source
     keys, clock = stage_arguments(config.distill_seconds, config.distill_steps, config.distill_lr)
-    distill = DistillConfig(student=str(student), teacher=teacher, output_dir=str(out / "distill"), loss="both",
-                            max_length=256, batch_size=config.distill_batch_size, lr=config.distill_lr,
-                            seed=config.seed, dataloader_workers=workers, **keys)
-    model = train_distill(distill, texts, callbacks=[clock])
+    distill = DistillConfig(student=str(student), teacher=teacher, output_dir=str(out / "distill"),
+                            loss=config.distill_loss, teacher_layers=config.teacher_layers, max_length=256,
+                            batch_size=config.distill_batch_size, lr=config.distill_lr, seed=config.seed,
+                            dataloader_workers=workers, save_steps=config.save_steps, **keys)
+    if not _stage_done(distill.output_dir, config):
+        train_distill(distill, texts, callbacks=[clock])
     summary["distill"] = {"texts": len(texts), "steps": clock.steps,
                           "seconds": round(time.perf_counter() - started, 1)}
     console.print(f"distillation: {summary['distill']}")
-    del model
 
     started = time.perf_counter()
     train_pairs = [{"query": p["query"], "positive": p["positive"]} for p in pairs]
@@ -320,8 +332,14 @@ def train_default_model(config: DefaultModelConfig) -> Path:
     keys, clock = stage_arguments(config.contrastive_seconds, config.contrastive_steps, config.contrastive_lr)
     contrastive = ContrastiveConfig(model=str(out / "distill" / "final"), output_dir=str(out / "contrastive"),
                                     max_length=config.max_length, batch_size=config.contrastive_batch_size,
-                                    lr=config.contrastive_lr, seed=config.seed, dataloader_workers=workers, **keys)
-    model = train_contrastive(contrastive, train_pairs, callbacks=[clock])
+                                    lr=config.contrastive_lr, seed=config.seed, dataloader_workers=workers,
+                                    save_steps=config.save_steps, **keys)
+    if _stage_done(contrastive.output_dir, config):
+        from encoder import load_embedder
+
+        model = load_embedder(Path(contrastive.output_dir) / "final")
+    else:
+        model = train_contrastive(contrastive, train_pairs, callbacks=[clock])
     summary["contrastive"] = {"pairs": len(train_pairs), "steps": clock.steps,
                               "seconds": round(time.perf_counter() - started, 1)}
     console.print(f"contrastive: {summary['contrastive']}")

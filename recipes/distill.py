@@ -4,6 +4,11 @@ texts -> teacher embeddings (computed once, cached to disk as safetensors) -> st
 MSE against them and/or with the in-batch cosine-similarity matrix of the teacher -> the standard
 sentence-transformers layout in output_dir/final. When the teacher's dimension differs from the
 student's, MSE goes through a stock Dense projection appended to the student.
+
+`loss: layers` teaches more per text, for a student of the teacher's width that shares its vocabulary
+(recipes/default_model.py's warm start): the teacher (a BERT) runs beside the student on the same
+tokens, and each student layer's output learns the teacher layer it stands for, token by token
+(TinyBERT's hidden-state loss), besides the sentence embedding and the in-batch similarities.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from recipes.config import RecipeConfig, option, save_final, trainer_arguments
+from recipes.config import RecipeConfig, last_checkpoint, option, save_final, trainer_arguments
 
 
 @dataclass
@@ -27,7 +32,10 @@ class DistillConfig(RecipeConfig):
     output_dir: str = option("runs/distill", "Trainer output, and the final model in output_dir/final.")
     cache_dir: str = option("", "Where teacher embeddings are cached; empty: output_dir/teacher_cache.")
     loss: str = option("mse", "mse (match the teacher's vectors), similarity (match its in-batch cosine "
-                              "similarities) or both.")
+                              "similarities), both, or layers (match the teacher's hidden states layer by layer, "
+                              "run beside the student: same width and vocabulary needed).")
+    teacher_layers: list[int] = option([], "loss layers: the teacher layer each student layer stands for (empty: "
+                                           "the first ones).")
     max_length: int = option(512, "Tokens per text for the student.")
     max_texts: int = option(0, "Use at most this many texts (0: all).")
     batch_size: int = option(64, "Texts per step.")
@@ -40,6 +48,8 @@ class DistillConfig(RecipeConfig):
                                         "On a GPU, tokenizing long texts can take longer than the step itself.")
     dtype: str = option("float32", "Weights while training: float32 (also on a GPU: the optimizer updates them in "
                                    "place) or bfloat16.")
+    save_steps: int = option(0, "Keep a checkpoint every this many steps, and resume from it when rerun "
+                                "(0: no checkpoints).")
 
 
 def teacher_embeddings(teacher, texts: list[str], cache_dir: Path, teacher_name: str) -> torch.Tensor:
@@ -82,6 +92,55 @@ class DistillLoss(nn.Module):
         return loss
 
 
+class LayerDistillLoss(nn.Module):
+    """The student's layers against the teacher BERT's, on the same tokens (shared vocabulary).
+
+    ModernBERT normalises a layer's input (pre-norm), BERT its output (post-norm): what the student
+    layer i hands on is the next layer's attention norm of its output (the final norm after the
+    last layer), and that is compared with the output of teacher layer `teacher_layers[i]`. Each
+    layer's MSE is divided by the teacher's mean square there, so layers of any scale count alike.
+    The sentence embeddings add their cosine distance to the teacher's (mean pooling, as
+    sentence-transformers' BERT models pool) and the in-batch similarity matrix's MSE."""
+
+    def __init__(self, model, teacher, teacher_layers: list[int]):
+        super().__init__()
+        self.model, self.teacher = model, teacher.eval().requires_grad_(False)
+        encoder = model[0].auto_model
+        if len(teacher_layers) != len(encoder.layers) or encoder.config.hidden_size != teacher.config.hidden_size:
+            raise ValueError(f"loss layers needs one teacher layer per student layer (got {teacher_layers} for "
+                             f"{len(encoder.layers)}) and the teacher's width ({teacher.config.hidden_size}, "
+                             f"student {encoder.config.hidden_size})")
+        self.teacher_layers = teacher_layers
+        self.layers = encoder.layers
+        self.norms = [layer.attn_norm for layer in encoder.layers[1:]] + [encoder.final_norm]
+
+    def forward(self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None) -> torch.Tensor:
+        (features,) = sentence_features
+        outputs: list[torch.Tensor] = []
+        hooks = [layer.register_forward_hook(lambda module, args, output: outputs.append(output))
+                 for layer in self.layers]
+        try:
+            student = self.model(features)["sentence_embedding"]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        mask = features["attention_mask"].bool()
+        with torch.no_grad():
+            hidden = self.teacher(input_ids=features["input_ids"], attention_mask=features["attention_mask"],
+                                  output_hidden_states=True).hidden_states
+            weights = mask.unsqueeze(-1).to(hidden[-1].dtype)
+            target = nn.functional.normalize((hidden[-1] * weights).sum(1) / weights.sum(1), dim=-1)
+        loss = student.new_zeros(())
+        # the layers' outputs are packed [tokens, hidden], in the order of the padded grid's real tokens
+        for output, norm, layer in zip(outputs, self.norms, self.teacher_layers):
+            teacher_tokens = hidden[layer + 1][mask]
+            loss = loss + nn.functional.mse_loss(norm(output), teacher_tokens) / teacher_tokens.pow(2).mean()
+        loss = loss / len(self.norms)
+        s = nn.functional.normalize(student, dim=-1)
+        loss = loss + (1 - (s * target).sum(-1)).mean() + nn.functional.mse_loss(s @ s.T, target @ target.T)
+        return loss
+
+
 def train_distill(config: DistillConfig, texts: list[str] | None = None, callbacks: list | None = None):
     """Distils config.teacher into config.student; returns the student (also saved in output_dir/final).
 
@@ -93,11 +152,13 @@ def train_distill(config: DistillConfig, texts: list[str] | None = None, callbac
     from encoder import load_embedder
     from recipes.mlm import read_texts
 
-    if config.loss not in ("mse", "similarity", "both"):
-        raise ValueError(f"loss must be mse, similarity or both, got {config.loss!r}")
+    if config.loss not in ("mse", "similarity", "both", "layers"):
+        raise ValueError(f"loss must be mse, similarity, both or layers, got {config.loss!r}")
     texts = texts if texts is not None else read_texts(config.data)
     if config.max_texts:
         texts = texts[: config.max_texts]
+    if config.loss == "layers":
+        return _train_layers(config, texts, callbacks)
     teacher = SentenceTransformer(config.teacher, device="cuda" if torch.cuda.is_available() else "cpu")
     cache_dir = Path(config.cache_dir or Path(config.output_dir) / "teacher_cache")
     targets = teacher_embeddings(teacher, texts, cache_dir, config.teacher)
@@ -112,6 +173,25 @@ def train_distill(config: DistillConfig, texts: list[str] | None = None, callbac
     dataset = Dataset.from_dict({"text": texts, "label": targets.tolist()})
     loss = DistillLoss(student, mse=use_mse, similarity=config.loss in ("similarity", "both"))
     SentenceTransformerTrainer(model=student, args=trainer_arguments(config), train_dataset=dataset, loss=loss,
-                               callbacks=callbacks).train()
+                               callbacks=callbacks).train(resume_from_checkpoint=last_checkpoint(config))
+    save_final(student, config)
+    return student
+
+
+def _train_layers(config: DistillConfig, texts: list[str], callbacks: list | None):
+    """`loss: layers`: the teacher's BERT (a sentence-transformers folder or hub id whose root holds it)
+    runs beside the student on every batch; nothing is cached."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers import AutoModel
+
+    from encoder import load_embedder
+
+    student = load_embedder(config.student, max_length=config.max_length, dtype=getattr(torch, config.dtype))
+    teacher = AutoModel.from_pretrained(config.teacher).to(student.device)
+    layers = config.teacher_layers or list(range(len(student[0].auto_model.layers)))
+    loss = LayerDistillLoss(student, teacher, layers)
+    SentenceTransformerTrainer(model=student, args=trainer_arguments(config), train_dataset=Dataset.from_dict(
+        {"text": texts}), loss=loss, callbacks=callbacks).train(resume_from_checkpoint=last_checkpoint(config))
     save_final(student, config)
     return student

@@ -58,3 +58,69 @@ def test_teacher_embeddings_are_computed_once(teacher_dir, tmp_path):
     again = teacher_embeddings(Refuses(), texts, tmp_path, "t")
     assert torch.equal(first, again)
     assert np.allclose(torch.linalg.norm(first, dim=1).numpy(), 1.0, atol=1e-5)
+
+
+def test_layer_loss_brings_a_student_to_its_teacher(checkpoint_dir, tmp_path):
+    """loss layers: the teacher BERT runs beside a student of its width and vocabulary, matched layer by layer."""
+    from recipes.default_model import DefaultModelConfig, init_student
+
+    teacher = bert_embedder(checkpoint_dir, tmp_path / "teacher", hidden_size=32, num_hidden_layers=2, seed=3)
+    fresh = DefaultModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                              max_length=512, student_init="pca")
+    student = init_student(fresh, str(teacher), tmp_path / "student")
+    texts, held_out = make_corpus(200, 25), make_corpus(40, 26)
+    config = DistillConfig(student=str(student), teacher=str(teacher), output_dir=str(tmp_path / "run"),
+                           loss="layers", teacher_layers=[0, 1], batch_size=32, epochs=4, lr=2e-3, max_length=128)
+    trained = train_distill(config, texts=texts)
+
+    import transformers
+
+    from encoder import ModernBertModel
+
+    bert = transformers.BertModel.from_pretrained(teacher).eval()
+    batch = transformers.AutoTokenizer.from_pretrained(teacher)(held_out, padding=True, return_tensors="pt")
+    mask = batch["attention_mask"].bool()
+
+    def gap(model) -> float:  # the last layer's tokens against the teacher's, relative to the teacher's scale
+        with torch.no_grad():
+            ours = model(batch["input_ids"], batch["attention_mask"]).last_hidden_state[mask]
+            theirs = bert(**batch).last_hidden_state[mask]
+        return float(((ours - theirs) ** 2).mean() / (theirs ** 2).mean())
+
+    assert trained.get_embedding_dimension() == 32, "same width: no projection"
+    assert gap(trained[0].auto_model.eval()) < 0.5 * gap(ModernBertModel.from_pretrained(student).eval())
+    assert not (tmp_path / "run" / "teacher_cache").exists(), "the teacher runs beside the student, nothing cached"
+    assert not any(layer._forward_hooks for layer in trained[0].auto_model.layers), "the loss leaves no hook behind"
+
+
+def test_layer_loss_needs_one_teacher_layer_per_student_layer(checkpoint_dir, tmp_path):
+    teacher = bert_embedder(checkpoint_dir, tmp_path / "teacher", hidden_size=64, num_hidden_layers=2, seed=3)
+    config = DistillConfig(student=str(checkpoint_dir), teacher=str(teacher), output_dir=str(tmp_path / "run"),
+                           loss="layers", teacher_layers=[0], max_steps=1, batch_size=4)
+    with pytest.raises(ValueError, match="one teacher layer per student layer"):
+        train_distill(config, texts=make_corpus(8, 27))
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint(checkpoint_dir, teacher_dir, tmp_path):
+    """save_steps: a run killed after its checkpoint goes on from that step when started again."""
+    from transformers import TrainerCallback
+
+    class StopsAt(TrainerCallback):
+        def __init__(self, step: int | None):
+            self.step, self.first_step = step, None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.first_step = state.global_step if self.first_step is None else self.first_step
+            if state.global_step == self.step:
+                raise KeyboardInterrupt  # what a kill leaves: the checkpoint of step 2 and nothing later
+
+    config = DistillConfig(student=str(checkpoint_dir), teacher=str(teacher_dir), output_dir=str(tmp_path),
+                           loss="mse", batch_size=8, max_steps=4, save_steps=2, max_length=64)
+    texts = make_corpus(40, 28)
+    with pytest.raises(KeyboardInterrupt):
+        train_distill(config, texts=texts, callbacks=[StopsAt(3)])
+    assert (tmp_path / "checkpoint-2").is_dir() and not (tmp_path / "final").exists()
+    resumed = StopsAt(None)
+    train_distill(config, texts=texts, callbacks=[resumed])
+    assert resumed.first_step == 2, "the rerun starts where the checkpoint left off"
+    assert (tmp_path / "final" / "modules.json").is_file()
