@@ -255,17 +255,35 @@ def mteb_command(
     local: list[str] = typer.Option([], "--local", help="TASK=DIR: read that retrieval task's data from a local "
                                                        "BEIR-layout copy instead of the hub. Repeatable."),
     max_length: int = typer.Option(8192, help="Tokens per input, longer ones truncated."),
+    search: str = typer.Option(None, "--search", metavar="dense|lexical|hybrid",
+                               help="Score the index instead of the bare encoder: each split's corpus is indexed "
+                                    "(as `retriever index` does) and searched in this mode (as `retriever search`)."),
+    fusion: str = typer.Option(None, "--fusion", help="With --search hybrid: fuse by NAME[:WEIGHT] instead of the "
+                                                      "default."),
+    chunking: str = typer.Option("window", metavar="window|late", help="With --search: how documents are chunked."),
     device: str = typer.Option(None, help="cpu or cuda. Default: cuda when available."),
     output: Path = typer.Option(Path("eval-results"), help="Folder for the JSON results and Markdown table."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
-    """Runs mteb (v2) tasks on a model through mteb's encoder protocol (query/document prompts)."""
+    """Runs mteb (v2) tasks on a model through mteb's encoder protocol (query/document prompts), or on
+    the index built from each task's corpus through mteb's search protocol (--search)."""
     import mteb
 
     from evals.beir import markdown_table
-    from evals.mteb_tasks import load_local_copy, longctx_mteb_task, mteb_encoder
+    from evals.mteb_tasks import IndexSearch, load_local_copy, longctx_mteb_task, mteb_encoder
+    from retriever.embedding import Chunking
+    from retriever.index import DEFAULT_MODEL, SEARCH_MODES
 
     started = time.perf_counter()
+    if search is not None and search not in SEARCH_MODES:
+        typer.echo(f"error: --search {search!r}: expected one of {', '.join(SEARCH_MODES)}", err=True)
+        raise typer.Exit(2)
+    try:
+        searcher = IndexSearch(None if model == DEFAULT_MODEL else model, search, fusion, max_length,
+                               Chunking(chunking), device) if search else None
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     embedder = _open_model(model, device, max_length)
     task_objects = []
     for name in tasks:
@@ -298,12 +316,18 @@ def mteb_command(
                        f"(offline, or not downloaded yet): {type(e).__name__}", err=True)
             raise typer.Exit(2) from None
 
-    result = mteb.evaluate(mteb_encoder(embedder), task_objects, cache=None, show_progress_bar=False)
+    try:
+        result = mteb.evaluate(searcher or mteb_encoder(embedder), task_objects, cache=None, show_progress_bar=False)
+    finally:
+        if searcher is not None:
+            searcher.close()
     scores = {}
     for task_result in result.task_results:
         split_scores = {split: entries[0] for split, entries in task_result.scores.items()}
         scores[task_result.task_name] = {"main_score": task_result.get_score(), "splits": split_scores}
-    report = {"model": model, **_model_facts(embedder), **_run_facts(started), "results": scores}
+    served = {"search": search, "fusion": str(searcher.fusion) if searcher.fusion else None,
+              "chunking": chunking} if searcher else {"search": None}
+    report = {"model": model, **_model_facts(embedder), **served, **_run_facts(started), "results": scores}
     rows = [{"task": task, "main score": s["main_score"]} for task, s in scores.items()]
     table = markdown_table(rows, ["task", "main score"])
     _write_report(output, f"mteb-{_slug(model)}", report, f"mteb, {model}", table, json_output, "results and table")

@@ -1,7 +1,10 @@
-"""mteb (v2) integration: our models through mteb's encoder protocol, our synthetic tasks as mteb tasks."""
+"""mteb (v2) integration: our models through mteb's encoder protocol, the index itself through its
+search protocol (`IndexSearch`: what `retriever search` serves), our synthetic tasks as mteb tasks."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from evals.longctx import generate
@@ -15,6 +18,57 @@ def mteb_encoder(model):
     from mteb.models import SentenceTransformerEncoderWrapper
 
     return SentenceTransformerEncoderWrapper(model)
+
+
+class IndexSearch:
+    """mteb's SearchProtocol over a `Retriever`: `index` writes a task split's corpus into a new index
+    in a temporary folder (the model, its length and chunking as `retriever index` takes them),
+    `search` asks it as `retriever search` does (mode and fusion), so mteb scores the chunking, BM25
+    and fusion, not the bare encoder. The folder goes with `close` or the next `index`."""
+
+    def __init__(self, model: str | Path | None, mode: str, fusion: str | None = None, max_length: int | None = None,
+                 chunking=None, device: str | None = None):
+        from mteb.models import ModelMeta
+
+        from retriever.embedding import Chunking
+        from retriever.fusion import Fusion
+
+        self.model, self.mode, self.max_length, self.device = model, mode, max_length, device
+        self.fusion = Fusion.parse(fusion) if fusion else None
+        self.chunking = chunking or Chunking()
+        self.retriever = None
+        self._folder: tempfile.TemporaryDirectory | None = None
+        fused = f"-{str(self.fusion).replace(':', '')}" if self.fusion and mode == "hybrid" else ""
+        self.mteb_model_meta = ModelMeta.create_empty(overwrites=dict(
+            name=f"modernbert-retriever/{Path(str(model or 'default')).name}-{mode}{fused}-{self.chunking.mode}",
+            revision="index", loader=None))
+
+    def index(self, corpus, *, task_metadata, hf_split: str, hf_subset: str, encode_kwargs: dict,
+              num_proc: int | None = None, **kwargs: Any) -> None:
+        from retriever.index import Retriever
+
+        self.close()
+        self._folder = tempfile.TemporaryDirectory(prefix="mteb-index-")
+        self.retriever = Retriever.create(Path(self._folder.name) / "index", self.model, max_length=self.max_length,
+                                          chunking=self.chunking, device=self.device)
+        self.retriever.add([{"id": str(row["id"]), "title": row.get("title") or "", "text": row["text"]}
+                            for row in corpus], show_progress=True)
+
+    def search(self, queries, *, task_metadata, hf_split: str, hf_subset: str, top_k: int, encode_kwargs: dict,
+               top_ranked: dict | None = None, num_proc: int | None = None, **kwargs: Any) -> dict[str, dict[str, float]]:
+        if self.retriever is None:
+            raise RuntimeError("IndexSearch.search before index: mteb indexes a split's corpus first")
+        ids = [str(i) for i in queries["id"]]
+        hits = self.retriever.search_batch(list(queries["text"]), k=top_k, mode=self.mode, fusion=self.fusion)
+        return {qid: {hit.id: hit.score for hit in found} for qid, found in zip(ids, hits)}
+
+    def close(self) -> None:
+        if self.retriever is not None:
+            self.retriever.close()
+            self.retriever = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
 
 
 def _split_data(dataset: BeirDataset):

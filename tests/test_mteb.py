@@ -66,3 +66,37 @@ def test_hub_task_from_a_local_beir_copy(checkpoint_dir, tmp_path, monkeypatch):
                                       "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["results"]["SciFact"]["main_score"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mode,method", [("dense", "dense"), ("lexical", "bm25"), ("hybrid", "hybrid")])
+def test_mteb_scores_the_index_as_eval_beir_does(checkpoint_dir, tmp_path, monkeypatch, mode, method):
+    """--search MODE: mteb's search protocol over an index of the task's corpus gives `retriever eval beir`'s
+    nDCG@10 for the same mode (both score what `retriever search` serves)."""
+    from tests.conftest import make_corpus
+    from tests.test_beir import write_beir
+
+    import tempfile
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the temporary index goes
+    texts = make_corpus(30, 41)
+    queries = {f"q{i}": " ".join(texts[i].split()[2:6]) for i in range(0, 30, 3)}
+    folder = write_beir(tmp_path / "scifact", {f"d{i}": t for i, t in enumerate(texts)}, queries,
+                        [(f"q{i}", f"d{i}", 1) for i in range(0, 30, 3)] + [("q0", "d1", 1)])
+    common = ["-m", str(checkpoint_dir), "--device", "cpu", "--output", str(tmp_path / "out"), "--json"]
+    served = CliRunner().invoke(app, ["eval", "mteb", "-t", "SciFact", "--local", f"SciFact={folder}",
+                                      "--search", mode, *common])
+    assert served.exit_code == 0, served.output
+    report = json.loads(served.stdout)
+    assert report["search"] == mode and report["chunking"] == "window"
+    beir = CliRunner().invoke(app, ["eval", "beir", str(folder), "--hybrid", *common])
+    assert beir.exit_code == 0, beir.output
+    expected = json.loads(beir.stdout)["results"][method]["ndcg_at_10"]
+    assert 0 < expected < 1, "a set where the ranking matters"
+    assert report["results"]["SciFact"]["main_score"] == pytest.approx(expected, abs=1e-4)
+    assert not list(tmp_path.glob("mteb-index-*")), "the temporary index is removed"
+
+
+def test_mteb_search_mode_is_checked(checkpoint_dir):
+    result = CliRunner().invoke(app, ["eval", "mteb", "-t", "SciFact", "--search", "fuzzy", "-m", str(checkpoint_dir)])
+    assert result.exit_code == 2 and "--search 'fuzzy': expected one of dense, lexical, hybrid" in result.output
