@@ -326,13 +326,27 @@ class _HTMLText(html.parser.HTMLParser):
             self.parts.append(data)
 
 
+# Sphinx's and MkDocs' heading permalinks (the "¶" after every heading)
+_PERMALINKS = '//a[contains(concat(" ", @class, " "), " headerlink ")]'
+
+
 def html_text(markup: str) -> tuple[str, str]:
-    """(title, visible text) of an HTML page: scripts and styles dropped, blocks on their own lines."""
+    """(title, main text) of an HTML page. The main content is trafilatura's: navigation, sidebars,
+    headers, footers and other page furniture dropped, headings and list items on their own lines,
+    tables kept. A page too small for it to find an article in keeps all its visible text (scripts
+    and styles dropped, blocks on their own lines)."""
+    import trafilatura  # on the indexing path only
+
     parser = _HTMLText()
     parser.feed(markup)
     parser.close()
+    title = " ".join("".join(parser.title_parts).split())
+    main = trafilatura.extract(markup, output_format="txt", include_tables=True, include_comments=False,
+                               favor_recall=True, prune_xpath=_PERMALINKS) if markup.strip() else None
+    if main:  # code keeps its indentation
+        return title, "\n".join(line.rstrip() for line in main.splitlines() if line.strip())
     lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
-    return " ".join("".join(parser.title_parts).split()), "\n".join(line for line in lines if line)
+    return title, "\n".join(line for line in lines if line)
 
 
 # One entry per file format: suffix -> reader. A page is one document (its id: its path); a record

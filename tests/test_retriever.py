@@ -368,6 +368,24 @@ def test_html_text():
     assert title == "A page" and text == "one\ntwo three"
 
 
+@pytest.mark.parametrize("page,heading,content,furniture", [
+    ("sphinx", "Restrictions", "does not support concurrent read/write access",
+     ["Navigation", "Table of Contents", "Report a Bug", "Show Source", "Quick search", "Created using Sphinx",
+      "previous", "¶"]),
+    ("mkdocs", "site_name", "The title shown in the browser tab",
+     ["Getting started", "Changelog", "Go to repository", "Made with Material", "Search"]),
+    ("news", "Traffic returns to the old town", "repair cost 41 million euros",
+     ["cookies", "Subscribe", "Most read", "Storm warning", "Privacy policy", "All rights reserved"]),
+])
+def test_html_pages_keep_their_main_content(page, heading, content, furniture):
+    """Real sites' page shapes (tests/html/: a Sphinx page, an MkDocs Material page, a news article; text
+    written for the tests): the article with its headings on their own lines, none of the page furniture."""
+    title, text = html_text((Path(__file__).parent / "html" / f"{page}.html").read_text(encoding="utf-8"))
+    lines = text.splitlines()
+    assert title and heading in lines and content in text
+    assert not [word for word in furniture if word in text]
+
+
 def test_beir_folder_reads_only_its_corpus(tmp_path):
     (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "title": "t", "text": "corpus text"}\n')
     (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "a query"}\n')
