@@ -12,4 +12,5 @@ python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet torch==2.13.0
 fi
-.venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
+# -qq: errors still show; setuptools' editable-install banner (a warning about folders named like the package) does not
+.venv/bin/python -m pip install --quiet --quiet -e ".${extras:+[$extras]}"

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from recipes import default_data
 from tests.conftest import bert_embedder, make_corpus
@@ -37,16 +38,22 @@ def _bundle(path: Path) -> Path:
     return path
 
 
-def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path):
-    # 96 dimensions: wider than the student, as MiniLM is
-    teacher = bert_embedder(checkpoint_dir, tmp_path / "teacher", hidden_size=96, num_hidden_layers=1, seed=7)
+@pytest.mark.parametrize("student_init,distill_loss,teacher_width", [
+    ("pca", "both", 96),  # a narrower student than its teacher (a Dense to the teacher's 96 dimensions)
+    ("teacher", "layers", 64),  # the shipped model's way: the teacher's width, its weights, matched layer by layer
+])
+def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path, student_init, distill_loss, teacher_width):
+    teacher = bert_embedder(checkpoint_dir, tmp_path / "teacher", hidden_size=teacher_width, num_hidden_layers=2,
+                            seed=7)
     final = tmp_path / "final"
     final.mkdir()
     (final / "README.md").write_text("the hand-written model card\n")
     keys = dict(data_dir=_bundle(tmp_path / "data"), output_dir=tmp_path / "run", final_dir=final, teacher=teacher,
-                hidden_size=64, num_hidden_layers=3, num_attention_heads=2, intermediate_size=96, max_length=1024,
+                hidden_size=64, num_hidden_layers=3, num_attention_heads=2, max_length=1024,
+                intermediate_size=96 if student_init == "pca" else 48,  # a warm start keeps 48 of the teacher's 64
                 distill_steps=2, distill_batch_size=16, contrastive_steps=2, contrastive_batch_size=8,
-                dataloader_workers=1, max_texts=1000)
+                dataloader_workers=1, max_texts=1000, student_init=student_init, distill_loss=distill_loss,
+                teacher_layers="[0,1,1]" if student_init == "teacher" else "[]")
     run = subprocess.run([sys.executable, "-c", RUN_WITHOUT_FAISS, "--set", *(f"{k}={v}" for k, v in keys.items())],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -57,7 +64,7 @@ def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path):
     assert summary["contrastive"]["pairs"] == 60 + 10 + 5
     assert (final / "README.md").read_text() == "the hand-written model card\n"
     modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((final / "modules.json").read_text())]
-    assert modules == ["Transformer", "Pooling", "Dense", "Normalize"]
+    assert modules == ["Transformer", "Pooling"] + ["Dense"] * (teacher_width != 64) + ["Normalize"]
     config = json.loads((final / "config.json").read_text())
     assert config["model_type"] == "modernbert" and config["max_position_embeddings"] == 1024
 
@@ -65,5 +72,5 @@ def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path):
 
     model = PassageEncoder.load(final)
     vectors, _ = model.encode_documents(make_corpus(4, 34))
-    assert vectors.shape == (4, 64), "the Dense 64 -> 96 of distillation is folded into a square map"
+    assert vectors.shape == (4, 64), "a Dense 64 -> 96 of distillation is folded into a square map"
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
