@@ -31,16 +31,16 @@ class IndexSearch:
         from mteb.models import ModelMeta
 
         from retriever.embedding import Chunking
-        from retriever.fusion import Fusion
+        from retriever.index import search_settings
 
-        self.model, self.mode, self.max_length, self.device = model, mode, max_length, device
-        self.fusion = Fusion.parse(fusion) if fusion else None
+        self.model, self.max_length, self.device = model, max_length, device
+        self.mode, self.fusion = search_settings(mode, fusion)
         self.chunking = chunking or Chunking()
         self.retriever = None
         self._folder: tempfile.TemporaryDirectory | None = None
-        fused = f"-{str(self.fusion).replace(':', '')}" if self.fusion and mode == "hybrid" else ""
+        fused = f"-{str(self.fusion).replace(':', '')}" if self.fusion else ""
         self.mteb_model_meta = ModelMeta.create_empty(overwrites=dict(
-            name=f"modernbert-retriever/{Path(str(model or 'default')).name}-{mode}{fused}-{self.chunking.mode}",
+            name=f"modernbert-retriever/{Path(str(model or 'default')).name}-{self.mode}{fused}-{self.chunking.mode}",
             revision="index", loader=None))
 
     def index(self, corpus, *, task_metadata, hf_split: str, hf_subset: str, encode_kwargs: dict,
@@ -55,7 +55,8 @@ class IndexSearch:
                             for row in corpus], show_progress=True)
 
     def search(self, queries, *, task_metadata, hf_split: str, hf_subset: str, top_k: int, encode_kwargs: dict,
-               top_ranked: dict | None = None, num_proc: int | None = None, **kwargs: Any) -> dict[str, dict[str, float]]:
+               top_ranked: dict | None = None, num_proc: int | None = None,
+               **kwargs: Any) -> dict[str, dict[str, float]]:
         if self.retriever is None:
             raise RuntimeError("IndexSearch.search before index: mteb indexes a split's corpus first")
         ids = [str(i) for i in queries["id"]]

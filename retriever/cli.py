@@ -190,16 +190,16 @@ def search(
 ) -> None:
     """Search an index: a table of rank, score, document id, title or path, and the best passage. Without a
     flag, dense and BM25 rankings fused (--hybrid); --dense or --lexical for one side."""
-    from retriever.fusion import DEFAULT_FUSION
-    from retriever.index import DEFAULT_INDEX_DIR, DEFAULT_MODE, Retriever
+    from retriever.index import DEFAULT_INDEX_DIR, Retriever, search_settings
 
     if (query is None) == (queries is None):
         _fail("give either a QUERY or --queries FILE")
     if dense + lexical + (hybrid or fusion is not None) > 1:
         _fail("--dense, --lexical and --hybrid/--fusion pick one search mode: give one of them")
-    mode = "dense" if dense else "lexical" if lexical else "hybrid" if hybrid or fusion else DEFAULT_MODE
-    used_fusion = (fusion or str(DEFAULT_FUSION)) if mode == "hybrid" else None
     try:
+        mode, used = search_settings("dense" if dense else "lexical" if lexical else "hybrid" if hybrid else None,
+                                     fusion)
+        used_fusion = str(used) if used else None
         conditions = None
         if where:
             from retriever.filters import parse_cli
@@ -211,10 +211,10 @@ def search(
             query_texts = read_queries(queries)
         retriever = Retriever.open(index_dir or DEFAULT_INDEX_DIR, device=device)
         if queries is not None:
-            results = retriever.search_batch(list(query_texts.values()), k=k, mode=mode, fusion=fusion,
+            results = retriever.search_batch(list(query_texts.values()), k=k, mode=mode, fusion=used,
                                              where=conditions)
         else:
-            results = [retriever.search(query, k=k, mode=mode, fusion=fusion, where=conditions)]
+            results = [retriever.search(query, k=k, mode=mode, fusion=used, where=conditions)]
     except _errors() as e:
         _fail(str(e))
     if queries is not None:

@@ -80,6 +80,12 @@ class Hit:
             del out["text"]
         return out
 
+    def metadata_with_index_facts(self) -> dict:
+        """The document's own metadata with the index's facts on top, `title` and `source` where the
+        index has them: the metadata the LangChain and LlamaIndex retrievers hand on."""
+        facts = {key: value for key, value in (("title", self.title), ("source", self.source)) if value}
+        return {**self.metadata, **facts}
+
 
 @dataclass
 class UpdateReport:
@@ -380,13 +386,7 @@ class Retriever:
         default DEFAULT_FUSION); None: DEFAULT_MODE ("hybrid" whenever a fusion is given).
         `where`: only documents that meet these metadata conditions (retriever/filters.py), applied
         inside both searches, so k hits come back whenever k documents match."""
-        mode = mode or ("hybrid" if fusion is not None else DEFAULT_MODE)
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"search mode {mode!r}: expected one of {', '.join(SEARCH_MODES)}")
-        if fusion is not None and mode != "hybrid":
-            raise ValueError(f"a fusion ({fusion}) joins the two sides of hybrid search; mode {mode!r} has one "
-                             "side")
-        fusion = Fusion.parse(fusion) if isinstance(fusion, str) else fusion or DEFAULT_FUSION
+        mode, fusion = search_settings(mode, fusion)
         for i, query in enumerate(queries):
             if not isinstance(query, str) or not query.strip():
                 raise ValueError("the query is empty" if len(queries) == 1 else f"query {i + 1} is empty")
@@ -473,6 +473,21 @@ class Retriever:
 
     def close(self) -> None:
         self.store.close()
+
+
+def search_settings(mode: str | None, fusion: Fusion | str | None) -> tuple[str, Fusion | None]:
+    """The mode and fusion a search given `mode` and `fusion` runs (what `search_batch` does, and what
+    the CLI, the server and the evaluations report): no mode is DEFAULT_MODE, "hybrid" whenever a
+    fusion is given; hybrid without a fusion fuses by DEFAULT_FUSION; one-sided modes have none. A
+    mode not in SEARCH_MODES, or a fusion with a one-sided mode, is a ValueError."""
+    mode = mode or ("hybrid" if fusion is not None else DEFAULT_MODE)
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"search mode {mode!r}: expected one of {', '.join(SEARCH_MODES)}")
+    if fusion is not None and mode != "hybrid":
+        raise ValueError(f"a fusion ({fusion}) joins the two sides of hybrid search; mode {mode!r} has one side")
+    if mode != "hybrid":
+        return mode, None
+    return mode, Fusion.parse(fusion) if isinstance(fusion, str) else fusion or DEFAULT_FUSION
 
 
 def _as_documents(items: Iterable[dict | str | Document]) -> list[Document]:

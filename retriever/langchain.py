@@ -59,9 +59,8 @@ class LangChainRetriever(BaseRetriever):
         return await asyncio.to_thread(self._get_relevant_documents, query, run_manager=run_manager.get_sync())
 
     def _document(self, hit: Hit) -> Document:
-        index_facts = {key: value for key, value in (("title", hit.title), ("source", hit.source)) if value}
         return Document(page_content=hit.passage if self.page_content == "passage" else hit.text, id=hit.id,
-                        metadata={**hit.metadata, **index_facts, "score": hit.score, "rank": hit.rank,
+                        metadata={**hit.metadata_with_index_facts(), "score": hit.score, "rank": hit.rank,
                                   "span": list(hit.span)})
 
 

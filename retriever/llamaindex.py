@@ -60,8 +60,7 @@ class LlamaIndexRetriever(BaseRetriever):
         return await asyncio.to_thread(self._retrieve, query_bundle)
 
     def _node(self, hit: Hit) -> NodeWithScore:
-        index_facts = {key: value for key, value in (("title", hit.title), ("source", hit.source)) if value}
         node = TextNode(text=hit.passage if self.page_content == "passage" else hit.text, id_=hit.id,
-                        metadata={**hit.metadata, **index_facts, "rank": hit.rank, "span": list(hit.span)},
+                        metadata={**hit.metadata_with_index_facts(), "rank": hit.rank, "span": list(hit.span)},
                         excluded_llm_metadata_keys=_HIDDEN_METADATA, excluded_embed_metadata_keys=_HIDDEN_METADATA)
         return NodeWithScore(node=node, score=hit.score)

@@ -40,8 +40,7 @@ from starlette.datastructures import Headers
 from retriever import __version__
 from retriever.documents import Document
 from retriever.errors import IndexLockedError, RetrieverError
-from retriever.fusion import DEFAULT_FUSION
-from retriever.index import DEFAULT_MODE, Retriever, UpdateReport
+from retriever.index import Retriever, UpdateReport, search_settings
 from retriever.manifest import MANIFEST
 from retriever.store import Store
 
@@ -180,11 +179,9 @@ def create_app(directory: str | Path, *, api_key: str | None = None, wait: float
         a hit: rank, id, score, title, passage, span (the passage's characters in the text), source, metadata."""
         reader = index.reader()
         queries = [request.query] if request.queries is None else request.queries
-        results = reader.search_batch(queries, k=request.k, mode=request.mode, fusion=request.fusion,
-                                      where=request.where)
-        mode = request.mode or ("hybrid" if request.fusion is not None else DEFAULT_MODE)
-        answer = {"mode": mode, "fusion": (request.fusion or str(DEFAULT_FUSION)) if mode == "hybrid" else None,
-                  "generation": reader.manifest.generation}
+        mode, fusion = search_settings(request.mode, request.fusion)
+        results = reader.search_batch(queries, k=request.k, mode=mode, fusion=fusion, where=request.where)
+        answer = {"mode": mode, "fusion": str(fusion) if fusion else None, "generation": reader.manifest.generation}
         if request.queries is None:
             return {"query": request.query, **answer, "hits": [hit.to_dict() for hit in results[0]]}
         return {**answer, "results": [{"query": query, "hits": [hit.to_dict() for hit in hits]}

@@ -64,22 +64,31 @@ def cold_cli_seconds(index_dir: Path, query: str, runs: int) -> list[float]:
     return times
 
 
-def synthetic(model_name: str, docs: int, queries: int, cold_runs: int, index_types: list[str],
-              workdir: Path, status) -> list[dict]:
+def synthetic_index(index_dir: Path, model_name: str, texts: list[str], rng: np.random.Generator,
+                    index_type: str = "flat"):
+    """A new index of `texts` with random unit vectors of the model's dimension (nothing is encoded),
+    written with `Retriever.add_embedded`, each document in one of 100 buckets (metadata `bucket`:
+    a 1% filter); the Retriever and the write's report."""
     from retriever import Retriever
 
+    retriever = Retriever.create(index_dir, model_name, index_type=index_type)
+    vectors = rng.standard_normal((len(texts), retriever.manifest.dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    report = retriever.add_embedded([{"id": f"s{i}", "text": t, "bucket": i % 100} for i, t in enumerate(texts)],
+                                    vectors)
+    return retriever, report
+
+
+def synthetic(model_name: str, docs: int, queries: int, cold_runs: int, index_types: list[str],
+              workdir: Path, status) -> list[dict]:
     rng = np.random.default_rng(0)
     texts = _texts(docs, rng)
     query_texts = _texts(queries, rng, 3, 12)
     results = []
     for index_type in index_types:
         index_dir = workdir / f"synthetic-{index_type}"
-        retriever = Retriever.create(index_dir, model_name, index_type=index_type)
-        vectors = rng.standard_normal((docs, retriever.manifest.dimension)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         status(f"synthetic {index_type}: writing {docs:,} documents")
-        report = retriever.add_embedded([{"id": f"s{i}", "text": t, "bucket": i % 100} for i, t in enumerate(texts)],
-                                        vectors)
+        retriever, report = synthetic_index(index_dir, model_name, texts, rng, index_type)
         status(f"synthetic {index_type}: warm search")
         latency = warm_latency_ms(retriever, query_texts, where={"bucket": 7})  # 1% of the documents
         encode_times = []

@@ -1,7 +1,7 @@
 """The server benchmark (`retriever bench server`): search latency over HTTP against the same search in-process.
 
-An index of `docs` synthetic documents (random words, random unit vectors of the model's dimension,
-written with `Retriever.add_embedded`) is searched by `clients` concurrent clients, each sending
+An index of `docs` synthetic documents (random words, random unit vectors of the model's dimension:
+`evals.bench.retriever.synthetic_index`) is searched by `clients` concurrent clients, each sending
 the same `queries` queries (random words; the default hybrid mode, query encoding included):
 (1) in-process, `clients` threads calling `Retriever.search` on one `Retriever`;
 (2) over HTTP, `clients` threads each with its own httpx connection, POSTing /search to
@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from evals.bench.retriever import _percentile, _texts
+from evals.bench.retriever import _percentile, _texts, synthetic_index
 
 # the longest a `retriever serve` start (imports, index and model load, a warm-up search) may take
 _START_SECONDS = 120
@@ -87,17 +87,12 @@ def _wait_until_up(process: subprocess.Popen, url: str, log: Path) -> None:
 def run(model_name: str, docs: int, queries: int, clients: int, k: int, status: Callable[[str], None]) -> dict:
     import httpx
 
-    from retriever import Retriever
-
     rng = np.random.default_rng(0)
     query_texts = _texts(queries, rng, 3, 12)
     with tempfile.TemporaryDirectory() as workdir:
         index_dir = Path(workdir) / "index"
-        retriever = Retriever.create(index_dir, model_name)
         status(f"writing {docs:,} documents")
-        vectors = rng.standard_normal((docs, retriever.manifest.dimension)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        retriever.add_embedded([{"id": f"s{i}", "text": t} for i, t in enumerate(_texts(docs, rng))], vectors)
+        retriever, _ = synthetic_index(index_dir, model_name, _texts(docs, rng), rng)
         status(f"in-process: {clients} threads x {queries} searches")
         in_process = concurrent_latency(lambda: lambda query: retriever.search(query, k=k), query_texts, clients)
 
