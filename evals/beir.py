@@ -51,11 +51,11 @@ def dense_run(model, dataset: BeirDataset, k: int = 100, batch_tokens: int | Non
 
 def bm25_run(dataset: BeirDataset, k: int = 100) -> Run:
     """The index's BM25 (same tokenising, same text: title and passage) over the whole documents."""
-    from retriever.lexical import LexicalIndex
+    from retriever.lexical import LexicalIndex, tokenize
 
     doc_ids, query_ids = list(dataset.corpus), list(dataset.queries)
     index = LexicalIndex.build((i, dataset.corpus[d].title, dataset.corpus[d].text) for i, d in enumerate(doc_ids))
-    hits = index.search([dataset.queries[q] for q in query_ids], k)
+    hits = index.search(tokenize([dataset.queries[q] for q in query_ids]), k)
     return {qid: {doc_ids[i]: score for i, score in row} for qid, row in zip(query_ids, hits)}
 
 

@@ -1,5 +1,5 @@
-"""How a write becomes durable and current: files replaced atomically, fsync, generation folders
-built aside and renamed into place, and the one writer's lock (writer.json says who holds it)."""
+"""How a write becomes durable and current: files replaced atomically, fsync, and the one writer's
+lock (writer.json says who holds it)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import datetime
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,31 +44,6 @@ def fsync_tree(directory: Path) -> None:
             with path.open("rb+") as f:
                 os.fsync(f.fileno())
     fsync_dir(directory)
-
-
-@contextlib.contextmanager
-def next_generation(directory: Path) -> Iterator[tuple[Path, str]]:
-    """(folder to build in, the generation's name): built under a temporary name, renamed when
-    complete; a failure removes it."""
-    numbers = [int(p.name[4:]) for p in directory.glob("gen-*") if p.name[4:].isdigit()]
-    name = f"gen-{max(numbers, default=0) + 1:06d}"
-    building = directory / f".building-{name}"
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir()
-    try:
-        yield building, name
-        fsync_tree(building)
-        building.rename(directory / name)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-
-
-def retire_generations(directory: Path, keep: str) -> None:
-    """Removes generations other than `keep`, and what interrupted writers left."""
-    for path in list(directory.glob("gen-*")) + list(directory.glob(".building-*")):
-        if path.name != keep:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -3,26 +3,32 @@
 One directory (default `./.retriever`):
 
     manifest.json    IndexManifest (manifest.py): model and fingerprint, dimension, prompts,
-                     chunking, index type, counts, times, versions, and the current generation
-    gen-000007/      vectors.faiss (FAISS, ids = chunk ids), store.sqlite (documents and chunks),
-                     bm25/ (bm25s over the chunks)
+                     chunking, index type, counts, times, versions, the commit and its live segments
+    store.sqlite     documents and chunks, versioned by commit, with the tombstones (store.py)
+    segments/        immutable segments: each one's vectors (FAISS, ids = chunk ids) and BM25 (segment.py)
     .lock            held by the one writer (writer.json says who; commit.py)
 
-A write builds the next generation beside the current one (a copy of the store, the FAISS index
-read afresh, BM25 rebuilt), and commits by replacing manifest.json (write aside, fsync, rename):
-an interrupted write (Ctrl-C, kill -9, a full disk) leaves the previous generation, still named by
-the manifest, whole; the next writer clears what it left. Readers load the generation the
-manifest names and keep using it while a writer works.
+A write costs what it changes: it writes one segment of its new chunks, records its new and
+deleted rows in the store (rows of commit c + 1, unseen by snapshots up to c), and commits by
+replacing manifest.json (write aside, fsync, rename). Then small segments may merge (the merge
+policy, segment.py; a commit of its own), and rows no snapshot sees any longer are purged. An
+interrupted write (Ctrl-C, kill -9, a full disk) leaves the manifest naming the previous commit,
+whose segments and rows are whole; the next writer rolls back what it left. Readers serve the
+commit the manifest named when they last looked (one stat per search) and keep serving it while
+a writer works.
+
+Format 1 indexes (a folder per generation, before segments) are upgraded in place on opening:
+their vectors and BM25 become the first segment, their store the versioned store, and the new
+manifest is the commit point, so an interrupted upgrade leaves the format 1 index as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
-import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,15 +37,17 @@ import numpy as np
 from encoder.batching import DEFAULT_BATCH_TOKENS
 from encoder.progress import TokenProgress
 from retriever import filters
-from retriever.commit import fsync_tree, next_generation, retire_generations, write_lock
+from retriever.commit import write_lock
 from retriever.documents import Corpus, Document, as_document, embedding_input, is_page
 from retriever.embedding import Chunking, Passage, PassageEncoder
 from retriever.errors import IndexExistsError, IndexMismatchError, RetrieverError
 from retriever.fusion import DEFAULT_FUSION, LEXICAL_FACTOR, Fusion, candidate_depths
-from retriever.lexical import LexicalIndex
-from retriever.manifest import MANIFEST, IndexManifest
+from retriever.lexical import tokenize
+from retriever.manifest import MANIFEST, UPGRADABLE_VERSIONS, IndexManifest, commit_name
+from retriever.segment import Segment, SegmentInfo, merge_plan, retire, search_dense, search_lexical
 from retriever.store import Store
-from retriever.vectors import VectorIndex, VectorIndexError
+from retriever.upgrade import upgrade_format_1
+from retriever.vectors import IVFPQ_MIN_TRAIN, VectorIndex, VectorIndexError
 
 DEFAULT_INDEX_DIR = Path(".retriever")
 DEFAULT_MODEL = "default"
@@ -49,9 +57,8 @@ SEARCH_MODES = ("dense", "lexical", "hybrid")
 # (the default model's card).
 DEFAULT_MODE = "hybrid"
 FILTER_CACHE = 64
-_VECTORS = "vectors.faiss"
-_STORE = "store.sqlite"
-_BM25 = "bm25"
+MERGE_ROUNDS = 8  # merges after one write: a cascade through the tiers ends well before
+STORE = "store.sqlite"
 
 
 def default_model_path() -> Path:
@@ -105,14 +112,15 @@ class Retriever:
     """A searchable index of documents. Reads (search, info) are safe from several threads."""
 
     def __init__(self, directory: Path, manifest: IndexManifest, model: PassageEncoder | None = None,
-                 device: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS):
+                 device: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS, follow_commits: bool = True):
         self.directory = directory
-        self.manifest = manifest
+        self.follow_commits = follow_commits
         self.device = device
         self.batch_tokens = batch_tokens
         self._model = model
         self._lock = threading.Lock()
-        self.store: Store | None = None
+        self.store = Store(directory / STORE, manifest.commit, readonly=True)
+        self.segments: list[Segment] = []
         self._serve(manifest)
 
     # ---- opening ------------------------------------------------------------------------------
@@ -134,67 +142,72 @@ class Retriever:
         manifest = IndexManifest(
             model=name, model_fingerprint=passage_encoder.fingerprint(), dimension=passage_encoder.dimension,
             normalize=passage_encoder.normalize, prompts=passage_encoder.prompts,
-            max_length=passage_encoder.max_length, chunking=asdict(chunking), index_type=index_type)
+            max_length=passage_encoder.max_length, chunking=asdict(chunking), index_type=index_type,
+            generation=commit_name(0))
         directory.mkdir(parents=True, exist_ok=True)
         with write_lock(directory, wait=0):
             if (directory / MANIFEST).is_file():
                 raise IndexExistsError(f"{directory}: an index was created here meanwhile")
-            generation = directory / "gen-000000"
-            shutil.rmtree(generation, ignore_errors=True)
-            generation.mkdir()
-            Store(generation / _STORE).close()
-            VectorIndex.new(index_type, manifest.dimension).save(generation / _VECTORS)
-            LexicalIndex.build([]).save(generation / _BM25)
-            fsync_tree(generation)
-            manifest.generation = generation.name
+            (directory / STORE).unlink(missing_ok=True)  # what a create killed before its manifest left
+            Store(directory / STORE, 0).close()
             manifest.write(directory)
         return cls(directory, manifest, passage_encoder, device, batch_tokens)
 
     @classmethod
     def open(cls, directory: str | Path = DEFAULT_INDEX_DIR, model: str | Path | None = None, *,
-             device: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Retriever:
-        """An existing index. `model` (optional) must be the one it was built with: same fingerprint."""
+             device: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+             follow_commits: bool = True) -> Retriever:
+        """An existing index (a format 1 one is upgraded first). `model` (optional) must be the one it
+        was built with: same fingerprint. Searches see every commit made since (one stat of the
+        manifest per search), or with `follow_commits=False` the commit the index had when opened
+        (the server pins one per commit, so that each answer names the commit it read); its own
+        writes move it on either way."""
         directory = Path(directory)
         manifest = IndexManifest.read(directory)
-        retriever = cls(directory, manifest, None, device, batch_tokens)
+        if manifest.format_version in UPGRADABLE_VERSIONS:
+            manifest = upgrade_format_1(directory, STORE)
+        retriever = cls(directory, manifest, None, device, batch_tokens, follow_commits)
         if model is not None:
             retriever._model = retriever._checked_model(_model_name(model))
         return retriever
 
-    def _serve(self, manifest: IndexManifest, vectors: VectorIndex | None = None) -> None:
-        """Reads come from `manifest`'s generation from now on: its store (read-only), its vectors
-        (given, when the caller has them in memory, or read), its BM25 on first use. A writer may
-        retire a generation between the manifest's read and its files': then the current one is taken."""
+    def _serve(self, manifest: IndexManifest, written: list[Segment] = ()) -> None:
+        """Reads come from `manifest`'s commit from now on: its segments (those loaded already kept,
+        the `written` ones taken as they are, others read; BM25 on first use), the store's rows at
+        its commit, and its tombstones. A merge may retire a segment between the manifest's read
+        and its files': then the current manifest is taken."""
         for _ in range(3):
-            generation = self.directory / manifest.generation
-            store = None
+            known = {segment.info.name: segment for segment in [*self.segments, *written]}
             try:
-                store = Store(generation / _STORE, readonly=True)
-                loaded = vectors if vectors is not None else VectorIndex.load(
-                    generation / _VECTORS, manifest.index_type, manifest.dimension, manifest.chunks)
-            except (sqlite3.OperationalError, VectorIndexError):
-                if store is not None:
-                    store.close()
+                segments = [known.get(info["name"]) or Segment.load(self.directory, SegmentInfo(**info),
+                                                                    manifest.dimension)
+                            for info in manifest.segments]
+            except VectorIndexError:
                 latest = IndexManifest.read(self.directory)
-                if store is not None and latest.generation == manifest.generation:
-                    raise  # the current generation's own vectors are missing or damaged: no race
+                if latest.generation == manifest.generation:
+                    raise  # the current commit's own vectors are missing or damaged: no race
                 manifest = latest
                 continue
-            self.vectors = loaded
-            if self.store is not None:
-                self.store.close()
-            self.store, self.manifest, self._lexical = store, manifest, None
-            # what filters found in this generation: its metadata fields, and recent filters' chunks
-            self._fields: set[str] | None = None
-            self._filtered: dict[str, np.ndarray] = {}
+            with self._lock:
+                self.store.at = manifest.commit
+                self.segments, self.manifest = segments, manifest
+                self._tombstones = self.store.deleted_chunk_ids()
+                self._stamp = _stamp(self.directory)
+                # what filters found at this commit: its metadata fields, and recent filters' chunks
+                self._fields: set[str] | None = None
+                self._filtered: dict[str, np.ndarray] = {}
             return
-        raise RetrieverError(f"{self.directory}: generation {manifest.generation} named by the manifest is missing")
+        raise RetrieverError(f"{self.directory}: commit {manifest.generation} named by the manifest is missing")
 
     def _serve_current(self) -> None:
-        """Serves the generation the manifest names now, unless it is the one served already."""
+        """Serves the commit the manifest names now, unless it is the one served already."""
+        if _stamp(self.directory) == self._stamp:
+            return
         manifest = IndexManifest.read(self.directory)
         if manifest.generation != self.manifest.generation:
             self._serve(manifest)
+        else:
+            self._stamp = _stamp(self.directory)
 
     def _checked_model(self, name: str) -> PassageEncoder:
         model = PassageEncoder.load(_model_location(name), device=self.device, max_length=self.manifest.max_length)
@@ -215,17 +228,6 @@ class Retriever:
             if self._model is None:
                 self._model = self._checked_model(self.manifest.model)
             return self._model
-
-    @property
-    def lexical(self) -> LexicalIndex:
-        with self._lock:
-            if self._lexical is None:
-                try:
-                    self._lexical = LexicalIndex.load(self.directory / self.manifest.generation / _BM25)
-                except FileNotFoundError:  # a writer retired our generation since: move to the current one
-                    self._serve_current()
-                    self._lexical = LexicalIndex.load(self.directory / self.manifest.generation / _BM25)
-            return self._lexical
 
     @property
     def chunking(self) -> Chunking:
@@ -281,21 +283,39 @@ class Retriever:
             raise ValueError(f"expected vectors of shape ({len(docs)}, {self.manifest.dimension}), "
                              f"got {vectors.shape}")
         started = time.perf_counter()
-        with write_lock(self.directory, wait):
+        with self._writing(wait) as store:
             report = self._reload_and_diff(docs, [])
             new_ids = set(report.added)
             report.updated = [d.id for d in docs if d.id not in new_ids]  # given vectors replace the old ones
             report.unchanged = 0
             passages = [Passage(i, 0, len(d.text)) for i, d in enumerate(docs)]
-            self._commit(docs, vectors, passages, report.updated)
+            self._commit(store, docs, vectors, passages, report.updated)
         report.seconds = time.perf_counter() - started
         return report
 
+    @contextlib.contextmanager
+    def _writing(self, wait: float) -> Iterator[Store]:
+        """Holds the write lock, serves the latest commit (another writer may have committed), and
+        yields the store to write its next commit in, with what an interrupted writer left undone:
+        its store rows rolled back, its segment folders removed. After the write, rows no snapshot
+        sees any longer are purged and merged-away segments retired."""
+        with write_lock(self.directory, wait):
+            self._serve_current()
+            store = Store(self.directory / STORE, self.manifest.commit)
+            try:
+                store.roll_back_uncommitted()
+                retire(self.directory, {segment.info.name for segment in self.segments})
+                yield store
+                store.at = self.manifest.commit
+                store.purge()
+                retire(self.directory, {segment.info.name for segment in self.segments})
+            finally:
+                store.close()
+
     def _reload_and_diff(self, documents: list[Document], deletions: list[str]) -> UpdateReport:
-        """Under the lock: the latest generation served (another writer may have committed), and
-        what `documents` change in it."""
-        self._serve_current()
-        hashes = self.store.hashes()
+        """What `documents` and `deletions` change in the commit served (under the lock: the latest)."""
+        with self._lock:
+            hashes = self.store.hashes()
         report = UpdateReport()
         report.added = [d.id for d in documents if d.id not in hashes]
         report.updated = [d.id for d in documents if d.id in hashes and hashes[d.id] != d.content_hash]
@@ -308,7 +328,7 @@ class Retriever:
         if commit_every is not None and commit_every < 1:
             raise ValueError(f"commit_every must be at least 1, got {commit_every}")
         started = time.perf_counter()
-        with write_lock(self.directory, wait):
+        with self._writing(wait) as store:
             report = self._reload_and_diff(documents, deletions)
             changing = set(report.added + report.updated)
             changed = [d for d in documents if d.id in changing]
@@ -324,40 +344,84 @@ class Retriever:
                         report.chunks_embedded += len(passages)
                         # removed documents leave with the first commit, replaced ones with their new version
                         replaced = [d.id for d in batch if d.id in updated] + (report.removed if number == 0 else [])
-                        self._commit(batch, vectors, passages, replaced)
+                        self._commit(store, batch, vectors, passages, replaced)
                         progress.advance_documents(len(batch))
                 report.tokens = progress.done
         report.seconds = time.perf_counter() - started
         return report
 
-    def _commit(self, changed: list[Document], vectors: np.ndarray, passages: list[Passage],
+    def _commit(self, store: Store, changed: list[Document], vectors: np.ndarray, passages: list[Passage],
                 replaced: list[str]) -> None:
-        """Writes the next generation (changed documents in, the `replaced` ids' old chunks out) and
-        makes it current. Called under the write lock."""
-        with next_generation(self.directory) as (generation, name):
-            store = self.store.copy_to(generation / _STORE)
-            index = VectorIndex.load(self.directory / self.manifest.generation / _VECTORS,
-                                     self.manifest.index_type, self.manifest.dimension, self.manifest.chunks)
-            index.remove(store.chunk_ids(replaced))
-            store.delete(replaced)
-            spans: list[list[tuple[int, int]]] = [[] for _ in changed]
-            for passage in passages:
-                spans[passage.doc].append((passage.start, passage.end))
-            next_id = store.next_chunk_id()
-            chunk_ids = []
-            for doc, doc_spans in zip(changed, spans):
-                chunk_ids.extend(store.put(doc, doc_spans, next_id))
-                next_id += len(doc_spans)
-            # passages come in document order, as chunk ids were handed out
-            index.add(np.asarray(chunk_ids, dtype=np.int64), vectors)
-            store.commit()
-            LexicalIndex.build(store.chunk_texts()).save(generation / _BM25)
-            index.save(generation / _VECTORS)
-            manifest = self.manifest.updated_with(name, *store.counts())
-            store.close()
+        """Commits the next write: the changed documents' chunks in a new segment and the store, the
+        `replaced` ids' old chunks tombstoned; then merges what the merge policy asks for. Called
+        under the write lock."""
+        store.at = self.manifest.commit
+        spans: list[list[tuple[int, int]]] = [[] for _ in changed]
+        for passage in passages:
+            spans[passage.doc].append((passage.start, passage.end))
+        next_id = first_id = store.next_chunk_id()
+        texts = []  # passages come in document order, as chunk ids are handed out
+        for doc, doc_spans in zip(changed, spans):
+            texts += [(next_id + i, doc.title, doc.text[start:end]) for i, (start, end) in enumerate(doc_spans)]
+            next_id += len(doc_spans)
+        written = []
+        if texts:
+            segment_vectors = self._new_vectors()
+            segment_vectors.add(np.arange(first_id, next_id, dtype=np.int64), vectors)
+            written.append(Segment.write(self.directory, _segment_name(self.manifest.commit + 1, 0),
+                                         segment_vectors, texts))
+        removed_documents, removed_chunks = store.delete(replaced)
+        next_id = first_id
+        for doc, doc_spans in zip(changed, spans):
+            store.put(doc, doc_spans, next_id)
+            next_id += len(doc_spans)
+        store.commit()
+        manifest = self.manifest.updated_with(
+            documents=self.manifest.documents - removed_documents + len(changed),
+            chunks=self.manifest.chunks - removed_chunks + len(texts),
+            segments=[s.info.to_dict() for s in [*self.segments, *written]])
         manifest.write(self.directory)
-        self._serve(manifest, vectors=index)
-        retire_generations(self.directory, keep=manifest.generation)
+        self._serve(manifest, written)
+        for _ in range(MERGE_ROUNDS):
+            if not self._merge(store):
+                break
+
+    def _new_vectors(self) -> VectorIndex:
+        """An empty vector index for a new segment: an ivfpq index's starts from its trained segments'
+        training, and is flat until there is one."""
+        if self.manifest.index_type != "ivfpq":
+            return VectorIndex.new(self.manifest.index_type, self.manifest.dimension)
+        trained = [s.vectors for s in self.segments if s.info.kind == "ivfpq"]
+        return VectorIndex.empty_like(trained[0]) if trained else VectorIndex.new("flat", self.manifest.dimension)
+
+    def _merge(self, store: Store) -> bool:
+        """One commit of the merges the merge policy asks for now, if any (whether there were)."""
+        plan = merge_plan(self.segments, self._tombstones, self.manifest.index_type)
+        if not plan:
+            return False
+        store.at = commit = self.manifest.commit
+        merged, written, dropped = {s.info.name for group in plan for s in group}, [], []
+        for number, group in enumerate(plan):
+            ids = np.concatenate([s.chunk_ids for s in group])
+            gone = ids[np.isin(ids, self._tombstones)]
+            dropped.append(gone)
+            live = np.sort(np.setdiff1d(ids, gone))
+            if not len(live):
+                continue
+            kind = self.manifest.index_type
+            if kind == "ivfpq" and not any(s.info.kind == "ivfpq" for s in group) and len(live) < IVFPQ_MIN_TRAIN:
+                kind = "flat"
+            vectors = VectorIndex.merge(kind, self.manifest.dimension, [s.vectors for s in group], gone)
+            written.append(Segment.write(self.directory, _segment_name(commit + 1, number), vectors,
+                                         store.chunk_texts(live)))
+        store.drop(np.concatenate(dropped))
+        store.commit()
+        segments = [s for s in self.segments if s.info.name not in merged] + written
+        manifest = self.manifest.updated_with(self.manifest.documents, self.manifest.chunks,
+                                              [s.info.to_dict() for s in segments])
+        manifest.write(self.directory)
+        self._serve(manifest, written)
+        return True
 
     def _embed(self, documents: list[Document], progress: TokenProgress) -> tuple[np.ndarray, list[Passage]]:
         if not documents:
@@ -392,7 +456,11 @@ class Retriever:
                 raise ValueError("the query is empty" if len(queries) == 1 else f"query {i + 1} is empty")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        if not queries or self.vectors.ntotal == 0:
+        if self.follow_commits:
+            self._serve_current()
+        with self._lock:  # one commit's view for the whole search, whatever another thread serves meanwhile
+            segments, tombstones = self.segments, self._tombstones
+        if not queries or not segments:
             return [[] for _ in queries]
         allowed = self._allowed_chunks(where) if where else None
         if allowed is not None and not len(allowed):
@@ -400,11 +468,11 @@ class Retriever:
         dense_depth, lexical_depth = candidate_depths(k) if mode == "hybrid" else (k, k * LEXICAL_FACTOR)
         sides = []  # per side, per query: {doc id: (best chunk id, its score)}, best first
         if mode != "lexical":
-            sides.append(self._dense_rankings(self.model.encode_queries(list(queries), self.batch_tokens),
-                                              dense_depth, allowed))
+            query_vectors = self.model.encode_queries(list(queries), self.batch_tokens)
+            sides.append(self._dense_rankings(segments, tombstones, query_vectors, dense_depth, allowed))
         if mode != "dense":
             sides.append([_best_per_doc(self._doc_ids(hits)) for hits in
-                          self.lexical.search(list(queries), lexical_depth, allowed)])
+                          self._lexical_search(segments, tombstones, list(queries), lexical_depth, allowed)])
         results = []
         for per_side in zip(*sides):
             best_chunk = {doc: chunk for side in reversed(per_side) for doc, (chunk, _) in side.items()}
@@ -433,19 +501,29 @@ class Retriever:
                 self._filtered[key] = self.store.chunk_ids_where(conditions)
             return self._filtered[key]
 
-    def _dense_rankings(self, query_vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
-                        ) -> list[dict[str, tuple[int, float]]]:
+    def _dense_rankings(self, segments: list[Segment], tombstones: np.ndarray, query_vectors: np.ndarray, k: int,
+                        allowed: np.ndarray | None = None) -> list[dict[str, tuple[int, float]]]:
         """Per query: {doc id: (best chunk id, its score)} for the k best documents, best first."""
         fetch = k * 4
-        searchable = self.vectors.ntotal if allowed is None else len(allowed)
+        searchable = self.manifest.chunks if allowed is None else len(allowed)
         while True:
-            scores, ids = self.vectors.search(query_vectors, fetch, allowed)
-            per_query = [_best_per_doc(self._doc_ids([(int(i), float(s)) for i, s in zip(row_ids, row_scores)
-                                                      if i >= 0]))
-                         for row_ids, row_scores in zip(ids, scores)]
+            per_query = [_best_per_doc(self._doc_ids(hits))
+                         for hits in search_dense(segments, query_vectors, fetch, allowed, tombstones)]
             if fetch >= searchable or all(len(docs) >= k for docs in per_query):
                 return [dict(list(docs.items())[:k]) for docs in per_query]
             fetch *= 4
+
+    def _lexical_search(self, segments: list[Segment], tombstones: np.ndarray, queries: list[str], k: int,
+                        allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
+        """BM25 over the segments; a merge that retired one since this search began: the current ones."""
+        tokens = tokenize(queries)
+        try:
+            return search_lexical(segments, tokens, k, allowed, tombstones)
+        except FileNotFoundError:  # a pinned reader, too, moves on: what it served is gone
+            self._serve(IndexManifest.read(self.directory))
+            with self._lock:
+                segments, tombstones = self.segments, self._tombstones
+            return search_lexical(segments, tokens, k, allowed, tombstones)
 
     def _doc_ids(self, chunk_hits: list[tuple[int, float]]) -> list[tuple[str, int, float]]:
         with self._lock:
@@ -458,6 +536,8 @@ class Retriever:
             chunks = self.store.chunks([best_chunk[doc] for doc, _ in ranking])
         hits = []
         for rank, (doc_id, score) in enumerate(ranking, 1):
+            if doc_id not in documents or best_chunk[doc_id] not in chunks:
+                continue  # purged by writes since this search began (it served a commit two behind)
             document = documents[doc_id]
             _, start, end = chunks[best_chunk[doc_id]]
             hits.append(Hit(rank=rank, id=doc_id, score=score, title=document.title, text=document.text,
@@ -466,13 +546,24 @@ class Retriever:
         return hits
 
     def info(self) -> dict:
-        generation = self.directory / self.manifest.generation
-        size = sum(p.stat().st_size for p in generation.rglob("*") if p.is_file())
+        files = [self.directory / STORE, *(self.directory / STORE).parent.glob(f"{STORE}-wal"),
+                 *(f for s in self.segments for f in s.directory.rglob("*"))]
+        size = sum(p.stat().st_size for p in files if p.is_file())
         return {"directory": str(self.directory.resolve()), **asdict(self.manifest), "size_bytes": size,
                 "search": {"mode": DEFAULT_MODE, "fusion": str(DEFAULT_FUSION)}}
 
     def close(self) -> None:
         self.store.close()
+
+
+def _segment_name(commit: int, number: int) -> str:
+    return f"seg-{commit:06d}-{number}"
+
+
+def _stamp(directory: Path) -> tuple[int, ...]:
+    """What changes whenever a commit renames a new manifest into place: a new inode, new times."""
+    status = (directory / MANIFEST).stat()
+    return status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size
 
 
 def search_settings(mode: str | None, fusion: Fusion | str | None) -> tuple[str, Fusion | None]:

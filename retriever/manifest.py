@@ -1,6 +1,6 @@
 """`manifest.json`: what an index is (model and fingerprint, dimension, prompts, chunking, index
-type), what it holds (counts), and which generation folder is current. Replacing it is the
-commit point of every write."""
+type), what it holds (counts), its commit (`generation`) and the live segments. Replacing it is
+the commit point of every write."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from retriever.commit import utc_now, write_atomic
 from retriever.errors import IndexNotFoundError, RetrieverError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: segments and one versioned store; 1: a folder per generation (upgraded on open)
+UPGRADABLE_VERSIONS = (1,)
 # The packages whose versions decide what an index's files hold, recorded with every write.
 INDEX_PACKAGES = ("modernbert-retriever", "faiss-cpu", "faiss-gpu-cu12", "torch", "tokenizers", "bm25s")
 
@@ -45,13 +46,14 @@ class IndexManifest:
     max_length: int
     chunking: dict
     index_type: str
-    generation: str = ""
+    generation: str = ""  # the commit: "gen-000007" is the 7th write
     documents: int = 0
     chunks: int = 0
     created: str = field(default_factory=utc_now)
     updated: str = field(default_factory=utc_now)
     versions: dict = field(default_factory=_index_package_versions)
     format_version: int = FORMAT_VERSION
+    segments: list[dict] = field(default_factory=list)  # SegmentInfo.to_dict() of each live segment
 
     @classmethod
     def read(cls, directory: Path) -> IndexManifest:
@@ -63,15 +65,25 @@ class IndexManifest:
             manifest = cls(**data)
         except (json.JSONDecodeError, TypeError) as e:
             raise RetrieverError(f"{path}: not a manifest this version can read ({e})") from None
-        if manifest.format_version != FORMAT_VERSION:
-            raise RetrieverError(f"{path}: index format {manifest.format_version}, this version reads {FORMAT_VERSION}")
+        if manifest.format_version != FORMAT_VERSION and manifest.format_version not in UPGRADABLE_VERSIONS:
+            raise RetrieverError(f"{path}: index format {manifest.format_version}, this version reads "
+                                 f"{FORMAT_VERSION} (and upgrades {', '.join(map(str, UPGRADABLE_VERSIONS))})")
         return manifest
+
+    @property
+    def commit(self) -> int:
+        return int(self.generation.removeprefix("gen-") or 0)
 
     def write(self, directory: Path) -> None:
         """Atomically: the commit point of every write."""
         write_atomic(directory / MANIFEST, json.dumps(asdict(self), indent=2) + "\n")
 
-    def updated_with(self, generation: str, documents: int, chunks: int) -> IndexManifest:
-        """The manifest of the next generation: counts, time and versions of this write."""
-        return IndexManifest(**{**asdict(self), "generation": generation, "documents": documents, "chunks": chunks,
-                                "updated": utc_now(), "versions": _index_package_versions()})
+    def updated_with(self, documents: int, chunks: int, segments: list[dict]) -> IndexManifest:
+        """The manifest of the next commit: counts, segments, time and versions of this write."""
+        return IndexManifest(**{**asdict(self), "generation": commit_name(self.commit + 1), "documents": documents,
+                                "chunks": chunks, "segments": segments, "updated": utc_now(),
+                                "versions": _index_package_versions(), "format_version": FORMAT_VERSION})
+
+
+def commit_name(commit: int) -> str:
+    return f"gen-{commit:06d}"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import asdict
@@ -115,7 +114,7 @@ class ServedIndex:
                 # stamped before the open: a commit landing during it is seen by the next call
                 stamp = self._stamp()
                 if self._current is None or self._current[0] != stamp:
-                    reader = Retriever.open(self.directory)
+                    reader = Retriever.open(self.directory, follow_commits=False)
                     # loads what searches would load lazily, while the generation's files are surely there
                     reader.search(_WARM_QUERY, k=1)
                     self._current = (stamp, reader)
@@ -123,12 +122,10 @@ class ServedIndex:
         return current[1]
 
     def document(self, doc_id: str) -> Document | None:
-        """The document as the current generation holds it. Read on a connection of its own: `Retriever`
+        """The document as the current commit holds it. Read on a connection of its own: `Retriever`
         has no public read of a document by id, and its store's connection is guarded by its own lock."""
-        try:
-            store = Store(self.reader().store.path, readonly=True)
-        except sqlite3.OperationalError:  # a commit retired that generation since the stat: the next is current
-            store = Store(self.reader().store.path, readonly=True)
+        reader = self.reader()
+        store = Store(reader.store.path, reader.manifest.commit, readonly=True)
         try:
             return store.documents([doc_id]).get(doc_id)
         finally:

@@ -1,11 +1,13 @@
-"""Vectors -> FAISS: chunk vectors under our chunk ids, inner-product search.
+"""Vectors -> FAISS: a segment's chunk vectors under our chunk ids, inner-product search.
 
 Index types (`--index-type`):
 - flat: exact search (IndexFlatIP). Best up to a few hundred thousand chunks.
-- hnsw: approximate graph search (IndexHNSWFlat, M=32). FAISS cannot delete from HNSW, so a
-  removal rebuilds the graph from the stored vectors.
-- ivfpq: inverted lists with product-quantised codes, for large collections in little memory;
-  trained on the first vectors added (at least `IVFPQ_MIN_TRAIN` of them).
+- hnsw: approximate graph search (IndexHNSWFlat, M=32), a graph per segment; a merge builds the
+  merged segment's graph from the stored vectors.
+- ivfpq: inverted lists with product-quantised codes, for large collections in little memory.
+  One coarse quantizer and one set of codebooks serve every segment: they are trained once, when
+  the index first holds `IVFPQ_MIN_TRAIN` chunks, on all of them (segments before that are flat,
+  and are merged into the first ivfpq one); later segments start from a copy of a trained one.
 
 Flat and HNSW sit inside IndexIDMap2, so ids are ours; IVF indexes keep our ids themselves (an
 IDMap around IVF breaks on removal: IVF does not renumber what is left, IDMap assumes it). With
@@ -75,10 +77,7 @@ class VectorIndex:
     def save(self, path: Path) -> None:
         if self.index is None:
             return
-        index = self.index
-        if _on_gpu(index):
-            index = faiss.index_gpu_to_cpu(index)
-        faiss.write_index(index, str(path))
+        faiss.write_index(_cpu(self.index), str(path))
 
     @property
     def ntotal(self) -> int:
@@ -92,7 +91,17 @@ class VectorIndex:
             inner.nprobe = min(IVF_NPROBE, inner.nlist)
         self.index = _maybe_gpu(self.index, self.kind)
 
+    @classmethod
+    def empty_like(cls, other: VectorIndex) -> VectorIndex:
+        """An empty index of `other`'s kind; for ivfpq, with its trained quantizer and codebooks."""
+        if other.kind != "ivfpq":
+            return cls.new(other.kind, other.dimension)
+        index = faiss.clone_index(_cpu(other.index))
+        index.reset()
+        return cls(index, other.kind, other.dimension)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Adds vectors under these ids; an ivfpq index not trained yet trains on them first."""
         if not len(ids):
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -100,11 +109,41 @@ class VectorIndex:
             self._train_ivfpq(vectors)
         self.index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
 
+    def ids_and_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every id and its vector, as stored (flat and hnsw: exactly)."""
+        if self.kind == "ivfpq":
+            raise VectorIndexError("ivfpq stores codes, not vectors: merge ivfpq indexes with merged()")
+        index = _cpu(self.index)
+        return faiss.vector_to_array(index.id_map).astype(np.int64), _inner(index).reconstruct_n(0, index.ntotal)
+
+    @classmethod
+    def merge(cls, kind: str, dimension: int, parts: list[VectorIndex], dropped: np.ndarray) -> VectorIndex:
+        """One index of `kind` holding the parts' vectors less the `dropped` ids. Trained ivfpq parts
+        share their training and are merged code by code; flat parts are added (an ivfpq index
+        without a trained part trains on all of them)."""
+        trained = [part for part in parts if part.kind == "ivfpq"]
+        if kind == "ivfpq" and trained:
+            result = cls.empty_like(trained[0])
+            for part in parts:
+                if part.kind == "ivfpq":
+                    result.index.merge_from(faiss.clone_index(_cpu(part.index)), 0)
+                else:
+                    result.add(*part.ids_and_vectors())
+            result.index.remove_ids(np.asarray(dropped, dtype=np.int64))
+            result.index = _maybe_gpu(result.index, kind)
+            return result
+        pairs = [part.ids_and_vectors() for part in parts]
+        ids = np.concatenate([p[0] for p in pairs])
+        vectors = np.concatenate([p[1] for p in pairs])
+        keep = ~np.isin(ids, dropped)
+        result = cls.new(kind, dimension)
+        result.add(ids[keep], vectors[keep])
+        return result
+
     def _train_ivfpq(self, vectors: np.ndarray) -> None:
         n, dimension = vectors.shape
         if n < IVFPQ_MIN_TRAIN:
-            raise VectorIndexError(f"ivfpq trains on the first vectors added and needs at least {IVFPQ_MIN_TRAIN} "
-                                   f"chunks; this batch has {n}: use --index-type flat or hnsw for small corpora")
+            raise VectorIndexError(f"ivfpq trains on at least {IVFPQ_MIN_TRAIN} vectors; {n} given")
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
         # 8-bit codes of 4 dimensions each (fewer where the dimension does not divide)
         m = next(m for m in range(dimension // 4, 0, -1) if dimension % m == 0)
@@ -114,30 +153,23 @@ class VectorIndex:
         self.index = inner
         self._configure()
 
-    def remove(self, ids: list[int]) -> None:
-        if not ids or self.index is None:
-            return
-        if self.kind != "hnsw":
-            self.index.remove_ids(np.asarray(ids, dtype=np.int64))
-            return
-        all_ids = faiss.vector_to_array(self.index.id_map)
-        keep = ~np.isin(all_ids, np.asarray(ids, dtype=np.int64))
-        vectors = _inner(self.index).reconstruct_n(0, self.index.ntotal)
-        rebuilt = VectorIndex.new("hnsw", vectors.shape[1])
-        rebuilt.add(all_ids[keep], vectors[keep])
-        self.index = rebuilt.index
-
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each [queries, k'] with k' = min(k, vectors); missing slots have id -1.
-        `allowed`: only these ids are searched (a filter applied inside the search, not after it)."""
+        `allowed`: only these ids are searched; `excluded`: these ids are not (tombstones). Both are
+        applied inside the search (an IDSelector), not after it."""
         k = min(k, self.ntotal if allowed is None else len(allowed))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        # the selector is held here until the search returns: faiss keeps only a pointer to it
-        selector = None if allowed is None else faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
-        params = None if selector is None else self._search_parameters(selector)
+        # the selectors are held here until the search returns: faiss keeps only pointers to them
+        selectors = []
+        if allowed is not None:
+            selectors.append(faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
+        elif excluded is not None and len(excluded):
+            selectors.append(faiss.IDSelectorBatch(np.asarray(excluded, dtype=np.int64)))
+            selectors.append(faiss.IDSelectorNot(selectors[0]))
+        params = self._search_parameters(selectors[-1]) if selectors else None
         if len(queries) >= _PARALLEL_QUERIES:
             return self.index.search(queries, k, params=params)
         threads = faiss.omp_get_max_threads()  # torch shares this OpenMP setting: put it back after
@@ -164,6 +196,10 @@ def _gpu_available() -> bool:
 def _inner(index: faiss.Index) -> faiss.Index:
     index = faiss.downcast_index(index)
     return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+
+
+def _cpu(index: faiss.Index) -> faiss.Index:
+    return faiss.index_gpu_to_cpu(index) if _on_gpu(index) else index
 
 
 def _on_gpu(index: faiss.Index) -> bool:

@@ -178,7 +178,7 @@ def test_search_modes_and_fusions(model_dir, tmp_path):
     lexical = index.search(TEXTS[4], k=3, mode="lexical")
     assert lexical[0].id == "d4" and index._model is None, "BM25 alone needs no model"
     index = Retriever.open(tmp_path / "idx")
-    assert index.search(TEXTS[4], k=3, mode="dense")[0].id == "d4" and index._lexical is None, "dense needs no BM25"
+    assert index.search(TEXTS[4], k=3, mode="dense")[0].id == "d4" and all(s._lexical is None for s in index.segments), "dense needs no BM25"
     for fusion in ("rrf", "wrrf:0.3", "minmax:0.5", "zscore:0.7", "dbsf:0.5", Fusion("zscore", 0.2)):
         hits = index.search(TEXTS[9], k=4, fusion=fusion)
         assert hits[0].id == "d9" and [h.rank for h in hits] == [1, 2, 3, 4]
@@ -233,7 +233,8 @@ def test_titles_are_embedded_before_the_text(model_dir, tmp_path):
     index.add([{"id": "t", "title": "Zebra facts", "text": TEXTS[0]},
                {"id": "u", "title": "alpha", "text": "alpha beta gamma"}])  # opens with its title: once
     expected = PassageEncoder.load(model_dir).encode_documents(["Zebra facts\n" + TEXTS[0], "alpha beta gamma"])[0]
-    got = np.stack([index.vectors.index.reconstruct(c) for c in index.store.chunk_ids(["t", "u"])])
+    ids, vectors = index.segments[0].vectors.ids_and_vectors()
+    got = vectors[np.searchsorted(ids, index.store.chunk_ids(["t", "u"]))]
     assert np.abs(got - expected).max() < 1e-5
     assert index.search(TEXTS[0])[0].span == (0, len(TEXTS[0]))
 
@@ -253,8 +254,9 @@ def test_add_embedded_takes_vectors_made_elsewhere(model_dir, tmp_path):
     vectors, _ = model.encode_documents(TEXTS[:4])
     index.add_embedded([{"id": f"e{i}", "text": t} for i, t in enumerate(TEXTS[:4])], vectors)
     index.add_embedded([{"id": "e0", "text": TEXTS[0]}], vectors[:1])  # replaced, not duplicated
-    assert index.info()["chunks"] == 4 and index.vectors.ntotal == 4
+    assert index.info()["chunks"] == 4 and len(index._tombstones) == 1  # e0's first vector, until a merge
     assert index.search(TEXTS[2])[0].id == "e2"
+    assert [h.id for h in index.search(TEXTS[0], k=4)].count("e0") == 1
     with pytest.raises(ValueError, match="shape"):
         index.add_embedded(["x"], vectors)
 
@@ -264,20 +266,36 @@ def test_index_types_search_and_remove(model_dir, tmp_path, index_type):
     index = Retriever.create(tmp_path / "idx", model_dir, index_type=index_type)
     index.add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS)])
     index.remove(["3"])
-    assert index.search(TEXTS[4])[0].id == "4"
-    assert index.vectors.ntotal == 29
+    assert index.search(TEXTS[4])[0].id == "4" and "3" not in [h.id for h in index.search(TEXTS[3], k=30)]
+    assert index.info()["chunks"] == 29 and index.segments[0].vectors.ntotal == 30 and len(index._tombstones) == 1
     allowed = np.array(sorted(index.store.chunk_ids(["5", "9", "20"])))
-    _, ids = index.vectors.search(index.model.encode_queries([TEXTS[9]]), 10, allowed)
+    vectors = index.segments[0].vectors
+    _, ids = vectors.search(index.model.encode_queries([TEXTS[9]]), 10, allowed)
     assert ids[0][0] == allowed[1] and set(ids[0][ids[0] >= 0]) == set(allowed)
+    _, ids = vectors.search(index.model.encode_queries([TEXTS[9]]), 30, excluded=allowed)
+    assert not set(ids[0]) & set(allowed) and (ids[0] >= 0).sum() == 27
 
 
-def test_ivfpq_refuses_too_few_vectors(model_dir, tmp_path):
-    from retriever.vectors import VectorIndexError
+def test_an_ivfpq_index_is_flat_until_it_trains_on_all_its_chunks(model_dir, tmp_path):
+    from retriever.vectors import IVFPQ_MIN_TRAIN
 
     index = Retriever.create(tmp_path / "idx", model_dir, index_type="ivfpq")
-    with pytest.raises(VectorIndexError, match="at least"):
-        index.add(TEXTS)
-    assert Retriever.open(tmp_path / "idx").info()["documents"] == 0
+    index.add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS)])
+    assert [s.info.kind for s in index.segments] == ["flat"] and index.search(TEXTS[4])[0].id == "4"
+    # enough chunks, in a second write: both segments merge into one ivfpq segment trained on all of them
+    rng = np.random.default_rng(0)
+    vectors = (rng.standard_normal((IVFPQ_MIN_TRAIN, 6)) @ rng.standard_normal((6, index.manifest.dimension)))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    index.add_embedded([{"id": f"v{i}", "text": f"vector {i}"} for i in range(len(vectors))], vectors)
+    assert [(s.info.kind, s.info.chunks) for s in index.segments] == [("ivfpq", IVFPQ_MIN_TRAIN + len(TEXTS))]
+    reopened = Retriever.open(tmp_path / "idx")
+    assert reopened.search(TEXTS[4], mode="dense")[0].id == "4"
+    hits = reopened._dense_rankings(reopened.segments, reopened._tombstones, vectors[:20], 10)
+    assert np.mean([f"v{i}" in hits[i] for i in range(20)]) >= 0.9
+    # later segments share its training, and merge with it code by code
+    reopened.add([{"id": "late", "text": TEXTS[5] + " again"}])
+    assert [s.info.kind for s in reopened.segments] == ["ivfpq", "ivfpq"]
+    assert reopened.search(TEXTS[5] + " again", mode="dense")[0].id in ("late", "5")
 
 
 def test_ivfpq_on_enough_vectors():
@@ -288,7 +306,7 @@ def test_ivfpq_on_enough_vectors():
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = VectorIndex.new("ivfpq", 32)
     index.add(np.arange(100, 100 + len(vectors)), vectors)
-    index.remove([100])
+    index = VectorIndex.merge("ivfpq", 32, [index], dropped=np.array([100]))
     assert index.ntotal == IVFPQ_MIN_TRAIN - 1
     _, ids = index.search(vectors[:50], 10)
     assert 100 not in ids
@@ -308,7 +326,8 @@ def test_opening_with_another_model_is_an_error(model_dir, cls_model_dir, tmp_pa
 def test_missing_or_damaged_vectors_are_an_error_not_an_empty_index(model_dir, tmp_path):
     index = tmp_path / "idx"
     Retriever.create(index, model_dir).add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS[:3])])
-    vectors = index / json.loads((index / "manifest.json").read_text())["generation"] / "vectors.faiss"
+    segment = json.loads((index / "manifest.json").read_text())["segments"][0]["name"]
+    vectors = index / "segments" / segment / "vectors.faiss"
     saved = vectors.read_bytes()
     vectors.unlink()
     result = cli("search", TEXTS[1], "--index", index)
@@ -628,14 +647,14 @@ def test_cli_bad_inputs(model_dir, tmp_path):
 STALLED_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import retriever.index as index_module
+    import retriever.segment as segment_module
     from retriever import Retriever
 
     def stalled_build(chunks):
         Path(sys.argv[2]).write_text("stalled")
         time.sleep(600)
 
-    index_module.LexicalIndex.build = stalled_build
+    segment_module.LexicalIndex.build = stalled_build
     Retriever.open(sys.argv[1]).add([{"id": "late", "text": "added by the killed writer"}])
 """)
 
@@ -654,7 +673,7 @@ def test_kill_9_mid_write_leaves_the_previous_index_usable(model_dir, tmp_path):
     index = tmp_path / "idx"
     Retriever.create(index, model_dir).add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS[:10])])
     writer = _start_stalled_writer(index, tmp_path / "marker")
-    assert list(index.glob(".building-*")), "the killed writer had a generation under construction"
+    assert list(index.glob("segments/.building-*")), "the killed writer had a segment under construction"
     writer.send_signal(signal.SIGKILL)
     writer.wait()
 
@@ -663,7 +682,7 @@ def test_kill_9_mid_write_leaves_the_previous_index_usable(model_dir, tmp_path):
     assert reopened.search(TEXTS[4])[0].id == "4"
     assert reopened.search("added by the killed writer", k=10)[0].id != "late"
     reopened.add([{"id": "after", "text": TEXTS[20]}])  # the lock died with the writer; its leftovers go
-    assert not list(index.glob(".building-*")) and len(list(index.glob("gen-*"))) == 1
+    assert not list(index.glob("segments/.building-*")) and len(list(index.glob("segments/*"))) == 2
     assert Retriever.open(index).search(TEXTS[20])[0].id == "after"
 
 
@@ -685,7 +704,7 @@ def test_ctrl_c_mid_index_leaves_the_index_as_it_was(model_dir, tmp_path):
     writer.send_signal(signal.SIGINT)
     _, stderr = writer.communicate(timeout=60)
     assert writer.returncode == 130 and "interrupted: what was committed stays in the index" in stderr
-    assert not list(index.glob(".building-*"))  # cleaned up on the way out
+    assert not list(index.glob("segments/.building-*"))  # cleaned up on the way out
     assert Retriever.open(index).info()["documents"] == 5
 
 
@@ -696,13 +715,13 @@ def test_a_killed_index_run_keeps_its_commits_and_a_rerun_embeds_only_the_rest(m
     index = tmp_path / "idx"
     Retriever.create(index, model_dir)
     # the third commit (documents 5 and 6 of 7, two a commit) stalls before it is written
-    script = STALLED_WRITER.replace("index_module.LexicalIndex.build = stalled_build", textwrap.dedent("""
-        built = index_module.LexicalIndex.build
+    script = STALLED_WRITER.replace("segment_module.LexicalIndex.build = stalled_build", textwrap.dedent("""
+        built = segment_module.LexicalIndex.build
         calls = []
         def third_stalls(chunks):
             calls.append(1)
             return stalled_build(chunks) if len(calls) == 3 else built(chunks)
-        index_module.LexicalIndex.build = third_stalls""")).replace(
+        segment_module.LexicalIndex.build = third_stalls""")).replace(
         'Retriever.open(sys.argv[1]).add([{"id": "late", "text": "added by the killed writer"}])',
         'from retriever.cli import app; app(["index", sys.argv[3], "--index", sys.argv[1], "--commit-every", "2"])')
     marker = tmp_path / "marker"

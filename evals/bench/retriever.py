@@ -4,8 +4,10 @@
     written with `Retriever.add_embedded` into a flat and an HNSW index. Then, for each index:
     warm search latency from Python (`Retriever.search` in the default, hybrid mode, dense alone, and
     the default mode filtered to 1% of the documents by a metadata field; query encoding with the
-    model included; p50/p99 over `queries` queries) and cold `retriever search` wall time (a new process each run:
-    imports, model load, index load, query, output).
+    model included; p50/p99 over `queries` queries), cold `retriever search` wall time (a new process each run:
+    imports, model load, index load, query, output), and the cost of small writes to the full index:
+    the median of `SMALL_WRITES` one-document `add_embedded` and one-document `remove` calls, against
+    the write of the whole collection in the same run (a write should cost what it changes).
 (2) SciFact with the real model: pure encoder throughput (`PassageEncoder.encode_documents` on the
     abstracts' `embedding_input`, what `add` embeds) against `Retriever.add` of the same documents
     (in memory in both: no file reading), and the share of `add`'s time spent in the encoder.
@@ -27,6 +29,22 @@ import torch
 
 WORDS = ("retrieval encoder protein cell vaccine dose trial patient model data search index query document "
          "window attention token river engine market garden letter bridge machine forest valley council").split()
+
+
+SMALL_WRITES = 10
+
+
+def small_write_seconds(retriever, rng: np.random.Generator) -> dict[str, float]:
+    """Median seconds of one-document additions and removals, each its own commit."""
+    added, removed = [], []
+    for i in range(SMALL_WRITES):
+        vector = rng.standard_normal((1, retriever.manifest.dimension)).astype(np.float32)
+        vector /= np.linalg.norm(vector)
+        added.append(retriever.add_embedded([{"id": f"new{i}", "text": "one more document"}], vector).seconds)
+    for i in range(SMALL_WRITES):
+        removed.append(retriever.remove([f"s{i}"]).seconds)
+    return {"add_one_median_s": statistics.median(added), "remove_one_median_s": statistics.median(removed),
+            "segments_after": len(retriever.segments)}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -98,9 +116,12 @@ def synthetic(model_name: str, docs: int, queries: int, cold_runs: int, index_ty
             encode_times.append((time.perf_counter() - started) * 1000)
         status(f"synthetic {index_type}: cold CLI search")
         cold = cold_cli_seconds(index_dir, query_texts[0], cold_runs)
+        status(f"synthetic {index_type}: one-document writes")
+        small = small_write_seconds(retriever, rng)
         results.append({
             "case": f"synthetic {docs:,} docs, {index_type}", "documents": docs,
-            "write_seconds": report.seconds, "write_docs_per_s": docs / report.seconds,
+            "write_seconds": report.seconds, "write_docs_per_s": docs / report.seconds, **small,
+            "add_one_vs_full_write": small["add_one_median_s"] / report.seconds,
             **latency, "query_encode_p50_ms": _percentile(encode_times, 50),
             "cold_cli_median_s": statistics.median(cold), "cold_cli_runs_s": cold,
         })

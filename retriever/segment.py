@@ -1,0 +1,175 @@
+"""Segments: the immutable parts of an index's vectors and BM25, as search engines keep them.
+
+A write adds one segment (its chunks' vectors in FAISS, their BM25, their ids); deleting or
+replacing a document only marks its chunks deleted in the store (tombstones), which searches skip
+inside FAISS and BM25. A segment never changes once written; a merge writes one new segment from
+several, leaving the tombstoned chunks out, and the commit that names it retires them.
+
+    segments/seg-000007/       vectors.faiss, bm25/ (bm25s and chunk_ids.npy)
+    segments/.building-...     a segment being written (removed if its writer died)
+
+The merge policy is tiered, as Lucene's TieredMergePolicy: segments are grouped by size in tiers
+a factor SEGMENTS_PER_TIER apart (all under MERGE_FLOOR chunks are one tier), and a tier holding
+SEGMENTS_PER_TIER segments is merged into one, so an index of n chunks has O(log n) segments and
+each chunk is rewritten O(log n) times. A segment whose chunks are mostly deleted is rewritten
+alone, and one whose chunks are all deleted is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retriever.commit import fsync_dir, fsync_tree
+from retriever.lexical import LexicalIndex
+from retriever.vectors import IVFPQ_MIN_TRAIN, VectorIndex
+
+SEGMENTS = "segments"
+SEGMENTS_PER_TIER = 10
+MERGE_FLOOR = 1000  # chunks
+EXPUNGE_DELETED = 0.5  # a segment with more of its chunks deleted than this is rewritten
+VECTORS_FILE = "vectors.faiss"
+BM25_FOLDER = "bm25"
+_BUILDING = ".building-"
+
+
+@dataclass
+class SegmentInfo:
+    """A segment as the manifest names it."""
+    name: str
+    kind: str  # the FAISS index type of its vectors (an ivfpq index's first segments are flat)
+    chunks: int  # vectors it holds, deleted ones included
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "chunks": self.chunks}
+
+
+class Segment:
+    def __init__(self, directory: Path, info: SegmentInfo, vectors: VectorIndex):
+        self.directory = directory
+        self.info = info
+        self.vectors = vectors
+        self._lexical: LexicalIndex | None = None
+
+    @classmethod
+    def load(cls, root: Path, info: SegmentInfo, dimension: int) -> Segment:
+        directory = root / SEGMENTS / info.name
+        return cls(directory, info, VectorIndex.load(directory / VECTORS_FILE, info.kind, dimension, info.chunks))
+
+    @classmethod
+    def write(cls, root: Path, name: str, vectors: VectorIndex, texts: Iterable[tuple[int, str, str]]) -> Segment:
+        """The segment `name` holding `vectors` and BM25 over `texts` ((chunk id, title, passage) of
+        the same chunks), built aside and renamed into place when complete."""
+        built = []
+
+        def fill(folder: Path) -> None:
+            vectors.save(folder / VECTORS_FILE)
+            built.append(LexicalIndex.build(texts))
+            built[0].save(folder / BM25_FOLDER)
+
+        segment = cls(build_folder(root, name, fill), SegmentInfo(name, vectors.kind, vectors.ntotal), vectors)
+        segment._lexical = built[0]
+        return segment
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        """Its BM25, read on first use (FileNotFoundError once a merge retired the segment)."""
+        if self._lexical is None:
+            self._lexical = LexicalIndex.load(self.directory / BM25_FOLDER)
+        return self._lexical
+
+    @property
+    def chunk_ids(self) -> np.ndarray:
+        return self.lexical.chunk_ids
+
+
+def build_folder(root: Path, name: str, fill: Callable[[Path], None]) -> Path:
+    """Segment folder `name`, filled by `fill(folder)` under a temporary name, synced and renamed
+    into place when complete; a failure removes it."""
+    parent = root / SEGMENTS
+    parent.mkdir(exist_ok=True)
+    building = parent / f"{_BUILDING}{name}"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir()
+    try:
+        fill(building)
+        fsync_tree(building)
+        shutil.rmtree(parent / name, ignore_errors=True)  # an interrupted writer's, never committed
+        building.rename(parent / name)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return parent / name
+
+
+def merge_plan(segments: list[Segment], tombstones: np.ndarray, index_type: str) -> list[list[Segment]]:
+    """The groups of segments to merge now, each into one segment (a group of one whose chunks are
+    all deleted is dropped)."""
+    live = {s.info.name: s.info.chunks - int(np.isin(s.chunk_ids, tombstones).sum()) for s in segments}
+    if index_type == "ivfpq" and not any(s.info.kind == "ivfpq" for s in segments):
+        # the quantizer trains once the index holds enough chunks, on all of them
+        return [segments] if sum(live.values()) >= IVFPQ_MIN_TRAIN else []
+    plan, tiers = [], {}
+    for segment in segments:
+        count = live[segment.info.name]
+        if count < segment.info.chunks * (1 - EXPUNGE_DELETED):
+            plan.append([segment])
+        else:
+            tiers.setdefault(int(math.log(max(count, MERGE_FLOOR) / MERGE_FLOOR, SEGMENTS_PER_TIER)), []).append(segment)
+    plan += [group for group in tiers.values() if len(group) >= SEGMENTS_PER_TIER]
+    return plan
+
+
+def retire(root: Path, keep: set[str]) -> None:
+    """Removes segment folders the manifest does not name: merged-away segments and what interrupted
+    writers left."""
+    parent = root / SEGMENTS
+    if parent.is_dir():
+        for path in parent.iterdir():
+            if path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def search_dense(segments: list[Segment], queries: np.ndarray, k: int, allowed: np.ndarray | None,
+                 tombstones: np.ndarray) -> list[list[tuple[int, float]]]:
+    """[(chunk id, score)] per query, the k best over all segments, best first."""
+    scores, ids = [], []
+    for segment in segments:
+        s, i = segment.vectors.search(queries, k, allowed, excluded=tombstones)
+        scores.append(s)
+        ids.append(i)
+    if not scores:
+        return [[] for _ in queries]
+    scores, ids = np.concatenate(scores, axis=1), np.concatenate(ids, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[(int(i), float(s)) for i, s in zip(ids[q, row], scores[q, row]) if i >= 0]
+            for q, row in enumerate(order)]
+
+
+def search_lexical(segments: list[Segment], queries: list[list[str]], k: int, allowed: np.ndarray | None,
+                   tombstones: np.ndarray) -> list[list[tuple[int, float]]]:
+    """[(chunk id, score)] per tokenized query, the k best BM25 scores over all segments with the
+    collection's term statistics, best first."""
+    if not segments:
+        return [[] for _ in queries]
+    statistics = None  # one segment: its own
+    if len(segments) > 1:
+        statistics = segments[0].lexical.statistics(queries)
+        for segment in segments[1:]:
+            statistics.add(segment.lexical.statistics(queries))
+    if allowed is None and len(tombstones):
+        # tombstones out: the segment's chunks that are not deleted
+        masks = [np.setdiff1d(s.chunk_ids, tombstones, assume_unique=True) for s in segments]
+    else:
+        masks = [allowed] * len(segments)
+    results = [[] for _ in queries]
+    for segment, mask in zip(segments, masks):
+        for merged, hits in zip(results, segment.lexical.search(queries, k, mask, statistics)):
+            merged.extend(hits)
+    return [sorted(hits, key=lambda hit: -hit[1])[:k] for hits in results]

@@ -1,0 +1,214 @@
+"""Segments: writes that cost what they change, tombstones, the merge policy, BM25 over segments,
+interrupted commits, and the upgrade of format 1 indexes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever import Retriever
+from retriever.lexical import LexicalIndex, tokenize
+from retriever.segment import SEGMENTS_PER_TIER, search_lexical
+from tests.conftest import make_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMAT_1 = Path(__file__).parent / "data" / "index-format-1"  # made by the format 1 code (62badea)
+TEXTS = [t for t in make_corpus(200, 11) if len(t.split()) >= 15][:40]
+
+
+def rankings(index: Retriever, queries: list[str], mode: str) -> list[list[tuple[str, float]]]:
+    return [[(h.id, h.score) for h in hits] for hits in index.search_batch(queries, k=10, mode=mode)]
+
+
+def store_rows(index: Path) -> dict[str, int]:
+    db = sqlite3.connect(index / "store.sqlite")
+    try:
+        return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("documents", "chunks")}
+    finally:
+        db.close()
+
+
+def assert_counts_agree(index: Path) -> None:
+    """Manifest, store and segments count the same live chunks and documents."""
+    reopened = Retriever.open(index)
+    manifest = json.loads((index / "manifest.json").read_text())
+    held = sum(s.vectors.ntotal for s in reopened.segments)
+    assert [s["chunks"] for s in manifest["segments"]] == [s.vectors.ntotal for s in reopened.segments]
+    assert held - len(reopened._tombstones) == manifest["chunks"]
+    assert reopened.store.counts() == (manifest["documents"], manifest["chunks"])
+
+
+def test_bm25_over_segments_is_the_bm25_of_one_index():
+    texts = make_corpus(300, 3)
+    one = LexicalIndex.build([(i, "", t) for i, t in enumerate(texts)])
+
+    class Part:  # what search_lexical reads of a segment
+        def __init__(self, lexical):
+            self.lexical, self.chunk_ids = lexical, lexical.chunk_ids
+
+    parts = [Part(LexicalIndex.build([(i, "", texts[i]) for i in range(a, b)])) for a, b in [(0, 200), (200, 290),
+                                                                                            (290, 300)]]
+    queries = tokenize(make_corpus(5, 4))
+    for expected, got in zip(one.search(queries, 20), search_lexical(parts, queries, 20, None, np.zeros(0, int))):
+        assert [c for c, _ in got] == [c for c, _ in expected]
+        assert np.allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5)
+
+
+def test_a_write_adds_a_segment_and_ten_merge_into_one(st_model_dir, tmp_path):
+    index = Retriever.create(tmp_path / "idx", st_model_dir)
+    for i in range(SEGMENTS_PER_TIER - 1):
+        index.add([{"id": f"d{i}", "text": TEXTS[i]}])
+    assert len(index.segments) == SEGMENTS_PER_TIER - 1
+    first = index.segments[0].directory
+    index.add([{"id": f"d{SEGMENTS_PER_TIER - 1}", "text": TEXTS[SEGMENTS_PER_TIER - 1]}])
+    assert len(index.segments) == 1 and index.segments[0].vectors.ntotal == SEGMENTS_PER_TIER
+    assert not first.exists(), "merged-away segments are retired"
+    fresh = Retriever.create(tmp_path / "fresh", st_model_dir)
+    fresh.add([{"id": f"d{i}", "text": TEXTS[i]} for i in range(SEGMENTS_PER_TIER)])
+    queries = TEXTS[:5]
+    for mode in ("dense", "lexical"):
+        for got, expected in zip(rankings(index, queries, mode), rankings(fresh, queries, mode)):
+            assert [d for d, _ in got] == [d for d, _ in expected]
+            assert np.allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5, atol=1e-6)
+    assert_counts_agree(tmp_path / "idx")
+
+
+def test_deletions_are_tombstones_until_a_merge_drops_them(st_model_dir, tmp_path):
+    index = Retriever.create(tmp_path / "idx", st_model_dir)
+    index.add([{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS[:10])])
+    segment = index.segments[0]
+    index.remove(["d1", "d2"])
+    index.add([{"id": "d3", "text": TEXTS[20]}])  # replaced: its old chunk is a tombstone too
+    assert index.segments[0] is segment and len(index._tombstones) == 3
+    ids = [h.id for h in index.search(TEXTS[1], k=10, mode="dense")]
+    assert "d1" not in ids and "d2" not in ids and len(ids) == 8
+    assert index.search(TEXTS[20], k=1)[0].id == "d3" and index.search(TEXTS[3], k=1, mode="lexical")[0].id != "d3"
+    assert index.search(TEXTS[4], k=10, where={"source": "nowhere"}) == []
+    assert_counts_agree(tmp_path / "idx")
+    # more than half of the first segment deleted: it is rewritten without them
+    index.remove(["d4", "d5", "d6"])
+    assert [s.vectors.ntotal for s in index.segments] == [1, 4] and len(index._tombstones) == 0
+    assert store_rows(tmp_path / "idx") == {"documents": 5, "chunks": 5}, "rows no snapshot sees are purged"
+    index.add([{"id": "x", "text": TEXTS[30]}])
+    assert sorted(h.id for h in index.search(TEXTS[0], k=10, mode="dense")) == ["d0", "d3", "d7", "d8", "d9", "x"]
+    assert_counts_agree(tmp_path / "idx")
+
+
+def test_a_reader_sees_each_new_commit(st_model_dir, tmp_path):
+    Retriever.create(tmp_path / "idx", st_model_dir).add([{"id": "a", "text": TEXTS[0]}])
+    reader, writer = Retriever.open(tmp_path / "idx"), Retriever.open(tmp_path / "idx")
+    assert [h.id for h in reader.search(TEXTS[1], k=5)] == ["a"]
+    writer.add([{"id": "b", "text": TEXTS[1]}])
+    assert reader.search(TEXTS[1], k=1)[0].id == "b" and reader.info()["documents"] == 2
+    writer.remove(["a"])
+    assert [h.id for h in reader.search(TEXTS[0], k=5)] == ["b"]
+
+
+# A writer killed after its store rows are committed and before its manifest is: the next writer rolls back.
+STALLED_COMMIT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from retriever import Retriever
+    from retriever.manifest import IndexManifest
+
+    def stalled_write(self, directory):
+        Path(sys.argv[2]).write_text("stalled")
+        time.sleep(600)
+
+    index = Retriever.open(sys.argv[1])
+    IndexManifest.write = stalled_write
+    index.add([{"id": "d0", "text": "replaced by the killed writer"}, {"id": "late", "text": "late"}])
+""")
+
+
+def test_kill_9_between_the_store_and_the_manifest_loses_nothing(st_model_dir, tmp_path):
+    index = tmp_path / "idx"
+    Retriever.create(index, st_model_dir).add([{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS[:6])])
+    before = store_rows(index)
+    marker = tmp_path / "marker"
+    writer = subprocess.Popen([sys.executable, "-c", STALLED_COMMIT, str(index), str(marker)], cwd=ROOT)
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert writer.poll() is None and time.time() < deadline, "the writer did not reach its manifest"
+        time.sleep(0.1)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert store_rows(index)["documents"] == before["documents"] + 2, "the killed writer's rows are in the store"
+
+    reopened = Retriever.open(index)
+    assert reopened.info()["documents"] == 6 and reopened.search(TEXTS[0], k=1)[0].id == "d0"
+    assert reopened.search("replaced by the killed writer late", k=6, mode="lexical") == []
+    reopened.add([{"id": "after", "text": TEXTS[10]}])  # rolls back the killed write first
+    assert store_rows(index) == {"documents": 7, "chunks": 7}
+    assert [h.id for h in reopened.search(TEXTS[0], k=1)] == ["d0"] and "late" not in {
+        h.id for h in reopened.search("late", k=7)}
+    assert_counts_agree(index)
+
+
+def test_a_format_1_index_is_upgraded_in_place(tmp_path):
+    index = tmp_path / "idx"
+    shutil.copytree(FORMAT_1, index)
+    assert json.loads((index / "manifest.json").read_text())["format_version"] == 1
+    upgraded = Retriever.open(index)
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and manifest["generation"] == "gen-000003"
+    assert [s["chunks"] for s in manifest["segments"]] == [3] and not list(index.glob("gen-*"))
+    assert upgraded.info()["documents"] == 3
+    assert upgraded.search("sourdough starter", k=1, mode="lexical")[0].id == "bread"
+    assert [h.id for h in upgraded.search("trees", k=3, mode="lexical", where={"kind": "plant"})] == ["moss"]
+    assert upgraded.search("how long is green tea steeped?", k=1)[0].id == "tea"  # the shipped model
+    upgraded.add([{"id": "kite", "text": "A kite needs steady wind and a long line."}])
+    upgraded.remove(["tea"])
+    assert {h.id for h in Retriever.open(index).search("wind", k=5)} == {"bread", "moss", "kite"}
+    assert_counts_agree(index)
+
+
+def test_an_interrupted_upgrade_leaves_the_format_1_index_as_it_was(tmp_path, monkeypatch):
+    import retriever.upgrade as upgrade
+
+    index = tmp_path / "idx"
+    shutil.copytree(FORMAT_1, index)
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(upgrade, "build_folder", fail)
+    with pytest.raises(OSError, match="disk full"):
+        Retriever.open(index)
+    assert json.loads((index / "manifest.json").read_text())["format_version"] == 1
+    assert (index / "gen-000003" / "vectors.faiss").is_file()
+    monkeypatch.undo()
+    assert Retriever.open(index).search("bicycle chain oil", k=3, mode="lexical") == []  # removed in format 1
+    assert Retriever.open(index).info()["documents"] == 3
+
+
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+
+
+@pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(), reason=f"needs BEIR SciFact in {SCIFACT}")
+def test_scifact_bm25_through_an_index_of_six_segments(st_model_dir, tmp_path):
+    from evals.beir import bm25_run, evaluate
+    from retriever.beir import load_beir
+
+    dataset = load_beir(SCIFACT)
+    index = Retriever.create(tmp_path / "idx", st_model_dir)
+    documents = list(dataset.corpus.values())
+    vectors = np.random.default_rng(0).standard_normal((len(documents), index.manifest.dimension)).astype(np.float32)
+    for part in np.array_split(np.arange(len(documents)), 6):
+        index.add_embedded([documents[i] for i in part], vectors[part])
+    assert len(index.segments) == 6
+    query_ids = list(dataset.queries)
+    hits = index.search_batch([dataset.queries[q] for q in query_ids], k=100, mode="lexical")
+    run = {q: {h.id: h.score for h in row} for q, row in zip(query_ids, hits)}
+    segmented, single = evaluate(dataset.qrels, run)["ndcg_at_10"], evaluate(dataset.qrels, bm25_run(dataset))["ndcg_at_10"]
+    assert segmented >= 0.68 and abs(segmented - single) < 1e-3, (segmented, single)
