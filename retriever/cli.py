@@ -300,6 +300,7 @@ def info(
                                              if facts["search"]["mode"] == "hybrid" else ""),
         "documents": f"{facts['documents']:,}",
         "chunks": f"{facts['chunks']:,}",
+        "segments": f"{len(facts['segments'])} ({facts['generation']}, index format {facts['format_version']})",
         "size on disk": f"{facts['size_bytes'] / 2**20:.1f} MiB",
         "created": facts["created"],
         "updated": facts["updated"],

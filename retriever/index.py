@@ -148,7 +148,8 @@ class Retriever:
         with write_lock(directory, wait=0):
             if (directory / MANIFEST).is_file():
                 raise IndexExistsError(f"{directory}: an index was created here meanwhile")
-            (directory / STORE).unlink(missing_ok=True)  # what a create killed before its manifest left
+            for leftover in (STORE, f"{STORE}-wal", f"{STORE}-shm"):  # what a create killed before its manifest left
+                (directory / leftover).unlink(missing_ok=True)
             Store(directory / STORE, 0).close()
             manifest.write(directory)
         return cls(directory, manifest, passage_encoder, device, batch_tokens)
@@ -248,7 +249,9 @@ class Retriever:
         documents from those files (or folders) that are gone removed. Others stay. With
         `commit_every`, each batch of that many changed documents is committed as it is embedded:
         an interrupted run keeps what it committed, and a rerun embeds only the rest."""
-        indexed = self.store.ids_from_sources(corpus.roots)
+        self._serve_current()
+        with self._lock:
+            indexed = self.store.ids_from_sources(corpus.roots)
         # one file, one id: a page indexed before under another path given keeps the id it has
         ids_of: dict[str, list[str]] = {}
         for doc_id, source in indexed.items():
@@ -315,7 +318,7 @@ class Retriever:
     def _reload_and_diff(self, documents: list[Document], deletions: list[str]) -> UpdateReport:
         """What `documents` and `deletions` change in the commit served (under the lock: the latest)."""
         with self._lock:
-            hashes = self.store.hashes()
+            hashes = self.store.hashes([d.id for d in documents] + deletions)
         report = UpdateReport()
         report.added = [d.id for d in documents if d.id not in hashes]
         report.updated = [d.id for d in documents if d.id in hashes and hashes[d.id] != d.content_hash]

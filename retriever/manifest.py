@@ -4,6 +4,7 @@ the commit point of every write."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -32,8 +33,13 @@ def package_versions(packages: Iterable[str]) -> dict[str, str]:
     return out
 
 
+@functools.cache  # read once per process: importlib.metadata costs ms per package, and commits are frequent
+def _installed_index_packages() -> tuple[tuple[str, str], ...]:
+    return tuple(package_versions(INDEX_PACKAGES).items())
+
+
 def _index_package_versions() -> dict[str, str]:
-    return package_versions(INDEX_PACKAGES)
+    return dict(_installed_index_packages())
 
 
 @dataclass

@@ -86,8 +86,14 @@ class Store:
 
     # ---- reads (of snapshot `at`) --------------------------------------------------------------
 
-    def hashes(self) -> dict[str, str]:
-        return dict(self._rows(f"SELECT id, content_hash FROM documents d WHERE {_visible('d')}"))
+    def hashes(self, doc_ids: Iterable[str]) -> dict[str, str]:
+        """{doc id: content hash} of those of these documents the store holds."""
+        ids, out = list(doc_ids), {}
+        for i in range(0, len(ids), _BOUND):
+            part = ids[i: i + _BOUND]
+            out.update(self._rows(f"SELECT id, content_hash FROM documents d WHERE id IN "
+                                  f"({','.join('?' * len(part))}) AND {_visible('d')}", *part))
+        return out
 
     def ids_from_sources(self, sources: Iterable[str]) -> dict[str, str]:
         """{doc id: source} of the documents read from any of these files or folders."""
@@ -107,8 +113,9 @@ class Store:
 
     def deleted_chunk_ids(self) -> np.ndarray:
         """The tombstones: chunks deleted at or before this snapshot whose vectors segments may still hold."""
-        rows = self._rows("SELECT chunk_id FROM chunks WHERE deleted <= ? AND dropped IS NULL ORDER BY chunk_id")
-        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+        # sorted here: an ORDER BY would make SQLite walk the whole table in chunk id order instead of the index
+        rows = self._rows("SELECT chunk_id FROM chunks WHERE deleted <= ? AND dropped IS NULL")
+        return np.sort(np.fromiter((r[0] for r in rows), dtype=np.int64))
 
     def metadata_fields(self) -> set[str]:
         """Every metadata field some document has."""

@@ -102,6 +102,14 @@ def test_deletions_are_tombstones_until_a_merge_drops_them(st_model_dir, tmp_pat
     index.add([{"id": "x", "text": TEXTS[30]}])
     assert sorted(h.id for h in index.search(TEXTS[0], k=10, mode="dense")) == ["d0", "d3", "d7", "d8", "d9", "x"]
     assert_counts_agree(tmp_path / "idx")
+    # once merges dropped the tombstones, searches equal a fresh index's of the same documents
+    fresh = Retriever.create(tmp_path / "fresh", st_model_dir)
+    fresh.add([{"id": f"d{i}", "text": TEXTS[i]} for i in (0, 7, 8, 9)] + [{"id": "d3", "text": TEXTS[20]},
+                                                                         {"id": "x", "text": TEXTS[30]}])
+    for mode in ("dense", "lexical"):
+        for got, expected in zip(rankings(index, TEXTS[:8], mode), rankings(fresh, TEXTS[:8], mode)):
+            assert [d for d, _ in got] == [d for d, _ in expected]
+            assert np.allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5, atol=1e-6)
 
 
 def test_a_reader_sees_each_new_commit(st_model_dir, tmp_path):

@@ -180,6 +180,86 @@ def retriever_command(
                     "warm p50 <= 30 ms at 100k docs; cold CLI <= 2 s; a one-document write <= 1% of the full write")
 
 
+@app.command("writes")
+def writes_command(
+    model: str = typer.Option("default", help="Embedding model: 'default' (shipped), a folder or a hub id."),
+    sizes: str = typer.Option("10000,100000,1000000", help="Index sizes in chunks, comma-separated."),
+    scifact: Path = typer.Option(SCIFACT, help="BEIR SciFact folder: its sentences are the texts (else random words)."),
+    queries: int = typer.Option(200, help="Queries timed at the largest size."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """What a 1-document and a 1,000-document write cost as the index grows, and search at the largest size
+    (see evals/bench/writes.py)."""
+    from evals.bench.writes import write_cost
+
+    with console.status("") as status:
+        report = write_cost(model, [int(s) for s in sizes.split(",")], scifact, queries, status.update)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"writes, model {model}, texts: {report['texts']}")
+    for column in ("chunks", "build s", "add 1 doc s", "remove 1 s", "add 1,000 s", "segments", "warm p50 ms",
+                   "p99 ms", "dense p50 ms", "1% filter p50 ms"):
+        table.add_column(column, justify="right")
+    for r in report["results"]:
+        table.add_row(f"{r['chunks']:,}", f"{r['build_seconds']:.1f}", f"{r['add_one_median_s']:.3f}",
+                      f"{r['remove_one_median_s']:.3f}", f"{r['add_1000_s']:.3f}", str(r["segments_after"]),
+                      *(f"{r[key]:.1f}" if key in r else "" for key in ("p50_ms", "p99_ms", "dense_p50_ms",
+                                                                         "filtered_p50_ms")))
+    Console(width=160).print(table)
+    Console().print(f"a 1-document write at the largest size / at the smallest: "
+                    f"{report['add_one_largest_vs_smallest']:.2f}x (target <= 3x)")
+
+
+@app.command("memory")
+def memory_command(
+    sizes: str = typer.Option("20000,200000", help="Corpus sizes in documents, comma-separated."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Peak RSS of `retriever index` (the shipped model) over short documents, by corpus size."""
+    from evals.bench.writes import peak_memory
+
+    with console.status("") as status:
+        results = peak_memory([int(s) for s in sizes.split(",")], status.update)
+    if json_output:
+        print(json.dumps(results, indent=2))
+        return
+    table = Table(title="retriever index: peak RSS")
+    for column in ("documents", "seconds", "docs/s", "peak RSS MiB"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(f"{r['documents']:,}", f"{r['seconds']:.1f}", f"{r['documents'] / r['seconds']:,.0f}",
+                      f"{r['peak_rss_mib']:,.0f}")
+    Console().print(table)
+    Console().print(f"largest / smallest corpus: {results[-1]['peak_rss_mib'] / results[0]['peak_rss_mib']:.2f}x "
+                    "the memory (target: flat)")
+
+
+@app.command("crash")
+def crash_command(
+    documents: int = typer.Option(6000, help="Short documents in the growing index."),
+    kills: int = typer.Option(20, help="SIGKILLs at random moments, each followed by a rerun."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """kill -9 a growing `retriever index` at random moments: every index opens, its counts agree, nothing
+    committed is lost."""
+    from evals.bench.writes import crashes
+
+    with console.status("") as status:
+        report = crashes(documents, kills, status.update)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"crash: {kills} kill -9 of retriever index over {documents:,} documents")
+    for column in ("kill", "after s", "documents", "counts agree", "kept committed", "sample found"):
+        table.add_column(column, justify="right")
+    for c in report["kills"]:
+        table.add_row(str(c["kill"]), f"{c['after_s']:.2f}", f"{c['documents']:,}", str(c["counts_agree"]),
+                      str(c["kept_committed"]), str(c["sample_found"]))
+    Console().print(table)
+    Console().print(f"final run: {report['final']['documents']:,} documents; all checks passed: {report['all_ok']}")
+
+
 @app.command("server")
 def server_command(
     model: str = typer.Option("default", help="Embedding model: 'default' (shipped), a folder or a hub id."),

@@ -1,0 +1,165 @@
+"""The index benchmarks (`retriever bench writes|memory|crash`): what a write costs as the index grows,
+search at a million chunks, the memory of `retriever index`, and kill -9 at random moments.
+
+(1) writes: indexes of 10k, 100k and 1M chunks (`--sizes`), built with `Retriever.add_embedded`
+    in writes of up to 100k documents (random unit vectors of the model's dimension; texts: random
+    sentences of SciFact's abstracts, real text for BM25), then at each size the median of
+    `SMALL_WRITES` one-document writes and one 1,000-document write. The reference is the
+    smallest index: the 1-document write at the largest size against it (target <= 3x). At the
+    largest size, warm search p50/p99 (hybrid, dense, and hybrid filtered to 1% of the documents).
+(2) memory: peak RSS of `retriever index` (a process of its own, the shipped model) over 20k and
+    200k short documents in a JSONL file: it must not grow with the corpus.
+(3) crash: one growing `retriever index --commit-every 200` of short documents, killed (SIGKILL)
+    at a random moment 20 times and rerun each time, then run to the end. After each kill: the
+    index opens, manifest, store and segments count the same documents and chunks, it holds at least
+    what the manifest committed before the kill, and a sample of its documents is found by a lexical
+    search for the unique word each one holds. At the end: every document once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from evals.bench.retriever import WORDS, small_write_seconds, warm_latency_ms
+
+BUILD_BATCH = 100_000
+
+
+def sentences(scifact: Path | None, count: int, rng: np.random.Generator) -> tuple[list[str], str]:
+    """`count` texts: SciFact sentences drawn at random, or random words where SciFact is absent; and which."""
+    if scifact is not None and (scifact / "corpus.jsonl").is_file():
+        from retriever.beir import read_corpus
+
+        pool = [s for d in read_corpus(scifact / "corpus.jsonl").values()
+                for s in re.split(r"(?<=[.!?])\s+", d.text) if len(s.split()) >= 5]
+        return [pool[i] for i in rng.integers(0, len(pool), count)], "SciFact sentences"
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(8, 30)))) for _ in range(count)], "random words"
+
+
+def _unit(rng: np.random.Generator, count: int, dimension: int) -> np.ndarray:
+    vectors = rng.standard_normal((count, dimension)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def write_cost(model_name: str, sizes: list[int], scifact: Path | None, queries: int, status) -> dict:
+    from retriever import Retriever
+
+    rng = np.random.default_rng(0)
+    texts, source = sentences(scifact, max(sizes) + 1_000, rng)
+    query_texts = sentences(scifact, queries, rng)[0]
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for size in sorted(sizes):
+            index = Retriever.create(Path(workdir) / f"idx-{size}", model_name)
+            started = time.perf_counter()
+            for start in range(0, size, BUILD_BATCH):
+                status(f"writes: building {size:,} ({start:,} written)")
+                end = min(size, start + BUILD_BATCH)
+                index.add_embedded([{"id": f"s{i}", "text": texts[i], "bucket": i % 100} for i in range(start, end)],
+                                   _unit(rng, end - start, index.manifest.dimension))
+            build = time.perf_counter() - started
+            status(f"writes: small writes at {size:,}")
+            small = small_write_seconds(index, rng)
+            batch = [{"id": f"b{i}", "text": texts[size + i]} for i in range(1_000)]
+            thousand = index.add_embedded(batch, _unit(rng, 1_000, index.manifest.dimension)).seconds
+            row = {"chunks": size, "build_seconds": build, **small, "add_1000_s": thousand}
+            if size == max(sizes):
+                status(f"writes: search at {size:,}")
+                row.update(warm_latency_ms(index, query_texts, where={"bucket": 7}))
+            results.append(row)
+            index.close()
+    smallest, largest = results[0], results[-1]
+    return {"texts": source, "results": results,
+            "add_one_largest_vs_smallest": largest["add_one_median_s"] / smallest["add_one_median_s"]}
+
+
+def _short_corpus(path: Path, count: int, rng: np.random.Generator) -> None:
+    """`count` documents of 8 to 30 random words, each with a word of its own (`w{i}`), as JSONL."""
+    with path.open("w") as f:
+        for i in range(count):
+            words = " ".join(rng.choice(WORDS, size=int(rng.integers(8, 30))))
+            f.write(json.dumps({"id": f"d{i}", "text": f"{words} w{i}"}) + "\n")
+
+
+def _retriever_index(*args: str) -> list[str]:
+    return [sys.executable, "-m", "retriever_command", "index", *args]
+
+
+def peak_memory(sizes: list[int], status) -> list[dict]:
+    rng = np.random.default_rng(0)
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for size in sizes:
+            corpus = Path(workdir) / f"corpus-{size}.jsonl"
+            _short_corpus(corpus, size, rng)
+            status(f"memory: retriever index over {size:,} documents")
+            # a process of its own per size: RUSAGE_CHILDREN is the peak over the children waited for
+            probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                     "subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+                     "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            out = subprocess.run([sys.executable, "-c", probe,
+                                  *_retriever_index(str(corpus), "--index", str(Path(workdir) / f"idx-{size}"))],
+                                 check=True, capture_output=True, text=True).stdout.split()
+            results.append({"documents": size, "seconds": float(out[0]), "peak_rss_mib": int(out[1]) / 1024})
+    return results
+
+
+def _committed(index: Path) -> int:
+    try:
+        return json.loads((index / "manifest.json").read_text())["documents"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _check(index: Path, committed: int, rng: np.random.Generator) -> dict:
+    """The index after a kill: it opens, its counts agree, it holds what was committed, its documents are found."""
+    from retriever import Retriever
+
+    reader = Retriever.open(index)
+    manifest = reader.manifest
+    held = sum(s.vectors.ntotal for s in reader.segments) - len(reader._tombstones)
+    agree = reader.store.counts() == (manifest.documents, manifest.chunks) and held == manifest.chunks
+    ids = [row[0] for row in reader.store.db.execute("SELECT id FROM documents WHERE deleted IS NULL")]
+    sample = [ids[i] for i in rng.choice(len(ids), min(20, len(ids)), replace=False)] if ids else []
+    found = all(reader.search(f"w{doc_id[1:]}", k=1, mode="lexical")[0].id == doc_id for doc_id in sample)
+    reader.close()
+    return {"documents": manifest.documents, "counts_agree": agree, "kept_committed": manifest.documents >= committed,
+            "sample_found": found}
+
+
+def crashes(documents: int, kills: int, status: Callable[[str], None]) -> dict:
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as workdir:
+        corpus, index = Path(workdir) / "corpus.jsonl", Path(workdir) / "idx"
+        _short_corpus(corpus, documents, rng)
+        command = _retriever_index(str(corpus), "--index", str(index), "--commit-every", "200")
+        checks = []
+        for kill in range(kills):
+            status(f"crash: run {kill + 1} of {kills}")
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            after, committed = float(rng.uniform(1.0, 8.0)), 0
+            deadline = time.monotonic() + after
+            while time.monotonic() < deadline and process.poll() is None:
+                committed = max(committed, _committed(index))  # what the manifest had committed before the kill
+                time.sleep(0.05)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            checks.append({"kill": kill + 1, "after_s": round(after, 2), **_check(index, committed, rng)})
+        status("crash: the last run, to the end")
+        subprocess.run(command, check=True, capture_output=True)
+        final = _check(index, documents, rng)
+    return {"documents": documents, "kills": checks, "final": final,
+            "all_ok": all(c["counts_agree"] and c["kept_committed"] and c["sample_found"] for c in checks)
+            and final["documents"] == documents and final["counts_agree"] and final["sample_found"]}
+
+
