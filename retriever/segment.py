@@ -121,7 +121,8 @@ def merge_plan(segments: list[Segment], tombstones: np.ndarray, index_type: str)
         if count < segment.info.chunks * (1 - EXPUNGE_DELETED):
             plan.append([segment])
         else:
-            tiers.setdefault(int(math.log(max(count, MERGE_FLOOR) / MERGE_FLOOR, SEGMENTS_PER_TIER)), []).append(segment)
+            tier = int(math.log(max(count, MERGE_FLOOR) / MERGE_FLOOR, SEGMENTS_PER_TIER))
+            tiers.setdefault(tier, []).append(segment)
     plan += [group for group in tiers.values() if len(group) >= SEGMENTS_PER_TIER]
     return plan
 

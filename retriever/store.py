@@ -8,8 +8,8 @@ Rows are versioned by commit, so that one database serves every reader a consist
 while a writer works: each row records the commit that `added` it and the one that `deleted` it
 (NULL while live), and a store opened at commit c sees the rows with added <= c and no deletion
 at or before c. A deleted chunk's row stays as its tombstone while a segment still holds its
-vector; a merge that leaves it out of every segment marks it `dropped`, and the next write purges
-what no snapshot from the current commit on can see. Rows of a commit that never made it into
+vector; a merge that leaves it out of every segment marks it `dropped`, and at the end of each
+write the rows no snapshot from the current commit on can see are purged. Rows of a commit that never made it into
 the manifest (a writer killed after writing the store) are rolled back by the next writer.
 """
 
@@ -201,7 +201,8 @@ class Store:
         ids = list(range(first_chunk_id, first_chunk_id + len(spans)))
         self.db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, NULL, NULL)",
                             [(i, document.id, s, e, self.at + 1) for i, (s, e) in zip(ids, spans)])
-        self.db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'next_chunk_id'", (ids[-1] + 1 if ids else 1,))
+        self.db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'next_chunk_id'",
+                        (ids[-1] + 1 if ids else 1,))
         return ids
 
     def delete(self, doc_ids: Iterable[str]) -> tuple[int, int]:

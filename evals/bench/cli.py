@@ -237,7 +237,7 @@ def memory_command(
 
 @app.command("crash")
 def crash_command(
-    documents: int = typer.Option(6000, help="Short documents in the growing index."),
+    documents: int = typer.Option(40_000, help="Short documents in the growing index (every kill lands mid-run)."),
     kills: int = typer.Option(20, help="SIGKILLs at random moments, each followed by a rerun."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
