@@ -43,11 +43,11 @@ from retriever.embedding import Chunking, Passage, PassageEncoder
 from retriever.errors import IndexExistsError, IndexMismatchError, RetrieverError
 from retriever.fusion import DEFAULT_FUSION, LEXICAL_FACTOR, Fusion, candidate_depths
 from retriever.lexical import tokenize
-from retriever.manifest import MANIFEST, UPGRADABLE_VERSIONS, IndexManifest, commit_name
+from retriever.manifest import MANIFEST, UPGRADABLE_VERSIONS, IndexManifest, commit_name, manifest_stamp
 from retriever.segment import Segment, SegmentInfo, merge_plan, retire, search_dense, search_lexical
 from retriever.store import Store
 from retriever.upgrade import upgrade_format_1
-from retriever.vectors import IVFPQ_MIN_TRAIN, VectorIndex, VectorIndexError
+from retriever.vectors import VectorIndex, VectorIndexError
 
 DEFAULT_INDEX_DIR = Path(".retriever")
 DEFAULT_MODEL = "default"
@@ -193,7 +193,7 @@ class Retriever:
                 self.store.at = manifest.commit
                 self.segments, self.manifest = segments, manifest
                 self._tombstones = self.store.deleted_chunk_ids()
-                self._stamp = _stamp(self.directory)
+                self._stamp = manifest_stamp(self.directory)
                 # what filters found at this commit: its metadata fields, and recent filters' chunks
                 self._fields: set[str] | None = None
                 self._filtered: dict[str, np.ndarray] = {}
@@ -202,13 +202,14 @@ class Retriever:
 
     def _serve_current(self) -> None:
         """Serves the commit the manifest names now, unless it is the one served already."""
-        if _stamp(self.directory) == self._stamp:
+        stamp = manifest_stamp(self.directory)
+        if stamp == self._stamp:
             return
         manifest = IndexManifest.read(self.directory)
         if manifest.generation != self.manifest.generation:
             self._serve(manifest)
         else:
-            self._stamp = _stamp(self.directory)
+            self._stamp = stamp
 
     def _checked_model(self, name: str) -> PassageEncoder:
         model = PassageEncoder.load(_model_location(name), device=self.device, max_length=self.manifest.max_length)
@@ -362,11 +363,11 @@ class Retriever:
         spans: list[list[tuple[int, int]]] = [[] for _ in changed]
         for passage in passages:
             spans[passage.doc].append((passage.start, passage.end))
-        next_id = first_id = store.next_chunk_id()
-        texts = []  # passages come in document order, as chunk ids are handed out
-        for doc, doc_spans in zip(changed, spans):
-            texts += [(next_id + i, doc.title, doc.text[start:end]) for i, (start, end) in enumerate(doc_spans)]
-            next_id += len(doc_spans)
+        first_id = store.next_chunk_id()
+        firsts = first_id + np.cumsum([0] + [len(doc_spans) for doc_spans in spans])  # each document's first chunk id
+        next_id = int(firsts[-1])
+        texts = [(int(first) + i, doc.title, doc.text[start:end])  # passages in document order, as ids go
+                 for doc, doc_spans, first in zip(changed, spans, firsts) for i, (start, end) in enumerate(doc_spans)]
         written = []
         if texts:
             segment_vectors = self._new_vectors()
@@ -374,10 +375,8 @@ class Retriever:
             written.append(Segment.write(self.directory, _segment_name(self.manifest.commit + 1, 0),
                                          segment_vectors, texts))
         removed_documents, removed_chunks = store.delete(replaced)
-        next_id = first_id
-        for doc, doc_spans in zip(changed, spans):
-            store.put(doc, doc_spans, next_id)
-            next_id += len(doc_spans)
+        for doc, doc_spans, first in zip(changed, spans, firsts):
+            store.put(doc, doc_spans, int(first))
         store.commit()
         manifest = self.manifest.updated_with(
             documents=self.manifest.documents - removed_documents + len(changed),
@@ -408,13 +407,12 @@ class Retriever:
             ids = np.concatenate([s.chunk_ids for s in group])
             gone = ids[np.isin(ids, self._tombstones)]
             dropped.append(gone)
-            live = np.sort(np.setdiff1d(ids, gone))
+            live = np.setdiff1d(ids, gone)
             if not len(live):
                 continue
-            kind = self.manifest.index_type
-            if kind == "ivfpq" and not any(s.info.kind == "ivfpq" for s in group) and len(live) < IVFPQ_MIN_TRAIN:
-                kind = "flat"
-            vectors = VectorIndex.merge(kind, self.manifest.dimension, [s.vectors for s in group], gone)
+            # ivfpq: merge_plan merges flat segments only once there are enough chunks to train on
+            vectors = VectorIndex.merge(self.manifest.index_type, self.manifest.dimension,
+                                        [s.vectors for s in group], gone)
             written.append(Segment.write(self.directory, _segment_name(commit + 1, number), vectors,
                                          store.chunk_texts(live)))
         store.drop(np.concatenate(dropped))
@@ -549,7 +547,7 @@ class Retriever:
         return hits
 
     def info(self) -> dict:
-        files = [self.directory / STORE, *(self.directory / STORE).parent.glob(f"{STORE}-wal"),
+        files = [self.directory / STORE, self.directory / f"{STORE}-wal",
                  *(f for s in self.segments for f in s.directory.rglob("*"))]
         size = sum(p.stat().st_size for p in files if p.is_file())
         return {"directory": str(self.directory.resolve()), **asdict(self.manifest), "size_bytes": size,
@@ -561,12 +559,6 @@ class Retriever:
 
 def _segment_name(commit: int, number: int) -> str:
     return f"seg-{commit:06d}-{number}"
-
-
-def _stamp(directory: Path) -> tuple[int, ...]:
-    """What changes whenever a commit renames a new manifest into place: a new inode, new times."""
-    status = (directory / MANIFEST).stat()
-    return status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size
 
 
 def search_settings(mode: str | None, fusion: Fusion | str | None) -> tuple[str, Fusion | None]:

@@ -109,14 +109,20 @@ class LexicalIndex:
                               {t: self.document_frequency(t) for t in terms})
 
     def search(self, queries: Sequence[list[str]], k: int, allowed: np.ndarray | None = None,
-               statistics: TermStatistics | None = None) -> list[list[tuple[int, float]]]:
+               statistics: TermStatistics | None = None, excluded: np.ndarray | None = None
+               ) -> list[list[tuple[int, float]]]:
         """[(chunk id, score)] per tokenized query, best first; chunks without any query term are left
-        out, and with `allowed`, chunks not in it (masked inside the search). `statistics`: the
+        out, and with `allowed`, chunks not in it, or else with `excluded` (tombstones; an `allowed`
+        holds live chunks only), chunks in it: masked inside the search. `statistics`: the
         collection's (several segments'), default this index's own."""
         k = min(k, len(self.chunk_ids))
         if self.bm25 is None or k == 0:
             return [[] for _ in queries]
-        mask = None if allowed is None else np.isin(self.chunk_ids, allowed)
+        mask = None
+        if allowed is not None:
+            mask = np.isin(self.chunk_ids, allowed)
+        elif excluded is not None and len(excluded):
+            mask = ~np.isin(self.chunk_ids, excluded)
         data, indices, indptr = (self.bm25.scores[key] for key in ("data", "indices", "indptr"))
         if statistics is not None:
             k1, b = self.bm25.k1, self.bm25.b

@@ -91,5 +91,11 @@ class IndexManifest:
                                 "versions": _index_package_versions(), "format_version": FORMAT_VERSION})
 
 
+def manifest_stamp(directory: Path) -> tuple[int, ...]:
+    """What changes whenever a commit renames a new manifest into place: a new inode, new times."""
+    status = (directory / MANIFEST).stat()
+    return status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size
+
+
 def commit_name(commit: int) -> str:
     return f"gen-{commit:06d}"

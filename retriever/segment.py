@@ -164,13 +164,8 @@ def search_lexical(segments: list[Segment], queries: list[list[str]], k: int, al
         statistics = segments[0].lexical.statistics(queries)
         for segment in segments[1:]:
             statistics.add(segment.lexical.statistics(queries))
-    if allowed is None and len(tombstones):
-        # tombstones out: the segment's chunks that are not deleted
-        masks = [np.setdiff1d(s.chunk_ids, tombstones, assume_unique=True) for s in segments]
-    else:
-        masks = [allowed] * len(segments)
     results = [[] for _ in queries]
-    for segment, mask in zip(segments, masks):
-        for merged, hits in zip(results, segment.lexical.search(queries, k, mask, statistics)):
+    for segment in segments:
+        for merged, hits in zip(results, segment.lexical.search(queries, k, allowed, statistics, tombstones)):
             merged.extend(hits)
     return [sorted(hits, key=lambda hit: -hit[1])[:k] for hits in results]

@@ -23,7 +23,6 @@ MAX_BODY_BYTES), 422 (a field missing or out of range); no traceback leaves the 
 from __future__ import annotations
 
 import hmac
-import os
 import threading
 import time
 from dataclasses import asdict
@@ -40,7 +39,7 @@ from retriever import __version__
 from retriever.documents import Document
 from retriever.errors import IndexLockedError, RetrieverError
 from retriever.index import Retriever, UpdateReport, search_settings
-from retriever.manifest import MANIFEST
+from retriever.manifest import manifest_stamp
 from retriever.store import Store
 
 MAX_K = 1000
@@ -101,18 +100,13 @@ class ServedIndex:
         self._current: tuple[tuple[int, ...], Retriever] | None = None
         self.reader()  # opened now: no index there, or a model that does not load, fails at start
 
-    def _stamp(self) -> tuple[int, ...]:
-        # every commit renames a new manifest into place: a new inode, new times
-        status = os.stat(self.directory / MANIFEST)
-        return status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size
-
     def reader(self) -> Retriever:
         """The Retriever of the current generation, reopened if a commit changed it since the last call."""
         current = self._current
-        if current is None or current[0] != self._stamp():
+        if current is None or current[0] != manifest_stamp(self.directory):
             with self._reopening:
                 # stamped before the open: a commit landing during it is seen by the next call
-                stamp = self._stamp()
+                stamp = manifest_stamp(self.directory)
                 if self._current is None or self._current[0] != stamp:
                     reader = Retriever.open(self.directory, follow_commits=False)
                     # loads what searches would load lazily, while the generation's files are surely there

@@ -100,8 +100,7 @@ class Store:
         found = {}
         for source in sources:
             sql, params = to_sql([Condition(SOURCE, "prefix", source)])
-            found.update(self._rows(f"SELECT id, source FROM documents d WHERE {sql} AND "
-                                         f"{_visible('d')}", *params))
+            found.update(self._rows(f"SELECT id, source FROM documents d WHERE {sql} AND {_visible('d')}", *params))
         return found
 
     def chunk_ids_where(self, where: list[Condition]) -> np.ndarray:

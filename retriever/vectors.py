@@ -112,7 +112,7 @@ class VectorIndex:
     def ids_and_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every id and its vector, as stored (flat and hnsw: exactly)."""
         if self.kind == "ivfpq":
-            raise VectorIndexError("ivfpq stores codes, not vectors: merge ivfpq indexes with merged()")
+            raise VectorIndexError("ivfpq stores codes, not vectors: merge ivfpq indexes with merge()")
         index = _cpu(self.index)
         return faiss.vector_to_array(index.id_map).astype(np.int64), _inner(index).reconstruct_n(0, index.ntotal)
 
@@ -156,8 +156,8 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each [queries, k'] with k' = min(k, vectors); missing slots have id -1.
-        `allowed`: only these ids are searched; `excluded`: these ids are not (tombstones). Both are
-        applied inside the search (an IDSelector), not after it."""
+        `allowed`: only these ids are searched, or else `excluded` (tombstones; an `allowed` holds
+        live ids only): these ids are not. Applied inside the search (an IDSelector), not after it."""
         k = min(k, self.ntotal if allowed is None else len(allowed))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
