@@ -13,9 +13,9 @@ import os
 import sys
 
 import typer
-from typer.core import TyperGroup
 
 from retriever import __version__
+from retriever.cli import Group
 from retriever.cli import app as search_app
 
 # sub-app name -> (module whose `app` it is, its help line)
@@ -29,7 +29,7 @@ SUB_APPS = {
 _FAST_EXIT = {"search", "info"}
 
 
-class _WithSubApps(TyperGroup):
+class _WithSubApps(Group):
     def list_commands(self, ctx) -> list[str]:
         return [*super().list_commands(ctx), *(name for name in SUB_APPS if name not in self.commands)]
 

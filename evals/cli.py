@@ -13,7 +13,10 @@ from typing import Any
 import typer
 from rich.console import Console
 
-app = typer.Typer(no_args_is_help=True, help="Evaluate models: BEIR folders, mteb tasks, synthetic long-context tasks.")
+from retriever.cli import Group
+
+app = typer.Typer(cls=Group, no_args_is_help=True, add_completion=False,
+                  help="Evaluate models: BEIR folders, mteb tasks, synthetic long-context tasks.")
 console = Console(stderr=True)
 
 
@@ -86,21 +89,24 @@ def _slug(text: str) -> str:
 
 @app.command()
 def beir(
-    directory: Path = typer.Argument(..., help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv."),
-    model: str = typer.Option("default", "--model", "-m", help="'default' (the shipped model), a model folder or "
-                                                                "hub id (sentence-transformers layout or bare "
-                                                                "ModernBERT checkpoint)."),
-    split: str = typer.Option("test", help="qrels split to score."),
-    max_length: int = typer.Option(8192, help="Tokens per input, longer ones truncated."),
+    directory: Path = typer.Argument(..., metavar="DIR",
+                                     help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv."),
+    model: str = typer.Option("default", "--model", "-m", metavar="MODEL",
+                              help="'default' (the shipped model), a model folder or "
+                                   "hub id (sentence-transformers layout or bare "
+                                   "ModernBERT checkpoint)."),
+    split: str = typer.Option("test", metavar="SPLIT", help="qrels split to score."),
+    max_length: int = typer.Option(8192, metavar="TOKENS", help="Tokens per input, longer ones truncated."),
     hybrid: bool = typer.Option(False, "--hybrid", help="Also score BM25 and its fusion with dense (the default "
                                                         "fusion of `retriever search --hybrid`)."),
-    fusion: str = typer.Option(None, "--fusion", help="With --hybrid: fuse by NAME[:WEIGHT] (rrf, wrrf, minmax, "
-                                                      "zscore, dbsf) instead of the default."),
-    k: int = typer.Option(100, help="Hits retrieved per query (Recall@100 and MAP@100 need 100)."),
-    batch_tokens: int = typer.Option(16384, help="Tokens per encoder batch."),
-    device: str = typer.Option(None, help="cpu or cuda. Default: cuda when available."),
-    output: Path = typer.Option(Path("eval-results"), help="Folder for the JSON results, Markdown table "
-                                                           "and TREC run files."),
+    fusion: str = typer.Option(None, "--fusion", metavar="NAME[:WEIGHT]",
+                               help="With --hybrid: fuse by NAME[:WEIGHT] (rrf, wrrf, minmax, "
+                                    "zscore, dbsf) instead of the default."),
+    k: int = typer.Option(100, metavar="N", help="Hits retrieved per query (Recall@100 and MAP@100 need 100)."),
+    batch_tokens: int = typer.Option(16384, metavar="TOKENS", help="Tokens per encoder batch."),
+    device: str = typer.Option(None, metavar="cpu|cuda", help="cpu or cuda. Default: cuda when available."),
+    output: Path = typer.Option(Path("eval-results"), metavar="DIR", help="Folder for the JSON results, Markdown table "
+                                                                          "and TREC run files."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """nDCG@10, Recall@100, MRR@10 and MAP@100 of a model on a BEIR folder, plus its TREC run file."""
@@ -150,15 +156,18 @@ def beir(
 
 @app.command("fusion")
 def fusion_command(
-    sets: list[str] = typer.Argument(..., help="DIR:SPLIT of BEIR folders to choose on (development splits: never "
-                                               "a set you report), e.g. runs/train-dev:dev runs/longdocs:dev."),
-    model: str = typer.Option("default", "--model", "-m", help="'default' (the shipped model), a model folder or "
-                                                                "hub id."),
-    weights: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="Dense weights to try, comma-separated."),
-    max_length: int = typer.Option(8192, help="Tokens per input, longer ones truncated."),
-    batch_tokens: int = typer.Option(16384, help="Tokens per encoder batch."),
-    device: str = typer.Option(None, help="cpu or cuda. Default: cuda when available."),
-    output: Path = typer.Option(Path("eval-results"), help="Folder for fusion-MODEL.json and .md."),
+    sets: list[str] = typer.Argument(..., metavar="DIR:SPLIT",
+                                     help="DIR:SPLIT of BEIR folders to choose on (development splits: never "
+                                          "a set you report), e.g. runs/train-dev:dev runs/longdocs:dev."),
+    model: str = typer.Option("default", "--model", "-m", metavar="MODEL",
+                              help="'default' (the shipped model), a model folder or "
+                                   "hub id."),
+    weights: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", metavar="W,W,...",
+                                help="Dense weights to try, comma-separated."),
+    max_length: int = typer.Option(8192, metavar="TOKENS", help="Tokens per input, longer ones truncated."),
+    batch_tokens: int = typer.Option(16384, metavar="TOKENS", help="Tokens per encoder batch."),
+    device: str = typer.Option(None, metavar="cpu|cuda", help="cpu or cuda. Default: cuda when available."),
+    output: Path = typer.Option(Path("eval-results"), metavar="DIR", help="Folder for fusion-MODEL.json and .md."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """nDCG@10 of every fusion method and dense weight (and of each side alone) on each set, and their mean:
@@ -199,15 +208,18 @@ def fusion_command(
 
 @app.command()
 def longctx(
-    models: list[str] = typer.Option(["default"], "--model", "-m", help="'default' (the shipped model), a model "
-                                                                        "folder or hub id; repeat to compare."),
-    lengths: str = typer.Option("256,512,1024,2048,4096,8192", help="Document lengths in tokens, comma-separated."),
-    tasks: str = typer.Option("passkey,needle", help="Tasks, comma-separated: passkey, needle."),
-    docs: int = typer.Option(50, help="Documents (and queries) per task and length."),
-    seed: int = typer.Option(0, help="Seed of the generator."),
-    batch_tokens: int = typer.Option(16384, help="Tokens per encoder batch."),
-    device: str = typer.Option(None, help="cpu or cuda. Default: cuda when available."),
-    output: Path = typer.Option(Path("eval-results"), help="Folder for longctx.json, longctx.md and longctx.png."),
+    models: list[str] = typer.Option(["default"], "--model", "-m", metavar="MODEL",
+                                     help="'default' (the shipped model), a model "
+                                          "folder or hub id; repeat to compare."),
+    lengths: str = typer.Option("256,512,1024,2048,4096,8192", metavar="TOKENS,TOKENS,...",
+                                help="Document lengths in tokens, comma-separated."),
+    tasks: str = typer.Option("passkey,needle", metavar="TASK,TASK", help="Tasks, comma-separated: passkey, needle."),
+    docs: int = typer.Option(50, metavar="N", help="Documents (and queries) per task and length."),
+    seed: int = typer.Option(0, metavar="N", help="Seed of the generator."),
+    batch_tokens: int = typer.Option(16384, metavar="TOKENS", help="Tokens per encoder batch."),
+    device: str = typer.Option(None, metavar="cpu|cuda", help="cpu or cuda. Default: cuda when available."),
+    output: Path = typer.Option(Path("eval-results"), metavar="DIR",
+                                help="Folder for longctx.json, longctx.md and longctx.png."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """LongEmbed-style passkey and needle retrieval (nDCG@1) at each length, with a plot."""
@@ -247,22 +259,27 @@ def longctx(
 
 @app.command("mteb")
 def mteb_command(
-    tasks: list[str] = typer.Option(..., "--tasks", "-t", help="mteb task names (e.g. LEMBPasskeyRetrieval), or "
-                                                               "SyntheticPasskeyN / SyntheticNeedleN (N tokens, "
-                                                               "generated offline). Repeat for several."),
-    model: str = typer.Option("default", "--model", "-m", help="'default' (the shipped model), a model folder or "
-                                                                "hub id."),
-    local: list[str] = typer.Option([], "--local", help="TASK=DIR: read that retrieval task's data from a local "
-                                                       "BEIR-layout copy instead of the hub. Repeatable."),
-    max_length: int = typer.Option(8192, help="Tokens per input, longer ones truncated."),
+    tasks: list[str] = typer.Option(..., "--tasks", "-t", metavar="TASK",
+                                    help="mteb task names (e.g. LEMBPasskeyRetrieval), or "
+                                         "SyntheticPasskeyN / SyntheticNeedleN (N tokens, "
+                                         "generated offline). Repeat for several."),
+    model: str = typer.Option("default", "--model", "-m", metavar="MODEL",
+                              help="'default' (the shipped model), a model folder or "
+                                   "hub id."),
+    local: list[str] = typer.Option([], "--local", metavar="TASK=DIR",
+                                    help="TASK=DIR: read that retrieval task's data from a local "
+                                         "BEIR-layout copy instead of the hub. Repeatable."),
+    max_length: int = typer.Option(8192, metavar="TOKENS", help="Tokens per input, longer ones truncated."),
     search: str = typer.Option(None, "--search", metavar="dense|lexical|hybrid",
                                help="Score the index instead of the bare encoder: each split's corpus is indexed "
                                     "(as `retriever index` does) and searched in this mode (as `retriever search`)."),
-    fusion: str = typer.Option(None, "--fusion", help="With --search hybrid: fuse by NAME[:WEIGHT] instead of the "
-                                                      "default."),
+    fusion: str = typer.Option(None, "--fusion", metavar="NAME[:WEIGHT]",
+                               help="With --search hybrid: fuse by NAME[:WEIGHT] instead of the "
+                                    "default."),
     chunking: str = typer.Option("window", metavar="window|late", help="With --search: how documents are chunked."),
-    device: str = typer.Option(None, help="cpu or cuda. Default: cuda when available."),
-    output: Path = typer.Option(Path("eval-results"), help="Folder for the JSON results and Markdown table."),
+    device: str = typer.Option(None, metavar="cpu|cuda", help="cpu or cuda. Default: cuda when available."),
+    output: Path = typer.Option(Path("eval-results"), metavar="DIR",
+                                help="Folder for the JSON results and Markdown table."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Runs mteb (v2) tasks on a model through mteb's encoder protocol (query/document prompts), or on

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Train models: MLM pretraining, context extension, contrastive, distillation.")
+from retriever.cli import Group
+
+app = typer.Typer(cls=Group, no_args_is_help=True, add_completion=False,
+                  help="Train models: MLM pretraining, context extension, contrastive, distillation.")
 
 
 @app.callback()
@@ -16,8 +19,9 @@ def main() -> None:
 
 @app.command()
 def mlm(
-    config: Path = typer.Option(None, "--config", "-c", help="YAML or TOML file; keys as in `--show-config`."),
-    resume: Path = typer.Option(None, help="A checkpoints/step-N folder to continue from."),
+    config: Path = typer.Option(None, "--config", "-c", metavar="FILE",
+                                help="YAML or TOML file; keys as in `--show-config`."),
+    resume: Path = typer.Option(None, metavar="DIR", help="A checkpoints/step-N folder to continue from."),
     show_config: bool = typer.Option(False, "--show-config", help="Print every key, its default and meaning."),
 ) -> None:
     """MLM pretraining with 30% masking, sequence packing, batch-size warmup and WSD learning rate."""
@@ -41,9 +45,10 @@ def mlm(
 
 @app.command()
 def extend(
-    config: Path = typer.Option(None, "--config", "-c", help="YAML or TOML file with the `mlm` keys; needs "
-                                                             "init_from, a longer max_length and global_rope_theta."),
-    resume: Path = typer.Option(None, help="A checkpoints/step-N folder to continue from."),
+    config: Path = typer.Option(None, "--config", "-c", metavar="FILE",
+                                help="YAML or TOML file with the `mlm` keys; needs "
+                                     "init_from, a longer max_length and global_rope_theta."),
+    resume: Path = typer.Option(None, metavar="DIR", help="A checkpoints/step-N folder to continue from."),
 ) -> None:
     """Context extension: continue MLM training at a longer length after raising the global RoPE theta."""
     from recipes.mlm import MLMConfig, MLMTrainer
@@ -88,7 +93,8 @@ def _run_sentence_transformers_recipe(config_class, train, config: Path | None, 
 
 @app.command()
 def contrastive(
-    config: Path = typer.Option(None, "--config", "-c", help="YAML or TOML file; keys as in `--show-config`."),
+    config: Path = typer.Option(None, "--config", "-c", metavar="FILE",
+                                help="YAML or TOML file; keys as in `--show-config`."),
     show_config: bool = typer.Option(False, "--show-config", help="Print every key, its default and meaning."),
 ) -> None:
     """Contrastive fine-tuning with sentence-transformers' trainer: (cached) MNRL, Matryoshka, hard negatives."""
@@ -99,7 +105,8 @@ def contrastive(
 
 @app.command()
 def distill(
-    config: Path = typer.Option(None, "--config", "-c", help="YAML or TOML file; keys as in `--show-config`."),
+    config: Path = typer.Option(None, "--config", "-c", metavar="FILE",
+                                help="YAML or TOML file; keys as in `--show-config`."),
     show_config: bool = typer.Option(False, "--show-config", help="Print every key, its default and meaning."),
 ) -> None:
     """Embedding distillation from a teacher sentence-transformers model (cached teacher embeddings)."""
@@ -110,7 +117,8 @@ def distill(
 
 @app.command("default-model")
 def default_model(
-    config: Path = typer.Option(None, "--config", "-c", help="YAML or TOML file; keys as in `--show-config`."),
+    config: Path = typer.Option(None, "--config", "-c", metavar="FILE",
+                                help="YAML or TOML file; keys as in `--show-config`."),
     show_config: bool = typer.Option(False, "--show-config", help="Print every key, its default and meaning."),
 ) -> None:
     """The shipped default model: data bundle, distillation from all-MiniLM-L6-v2, contrastive, retriever/default_model."""

@@ -9,8 +9,38 @@ import time
 from pathlib import Path
 
 import typer
+from typer.core import TyperArgument, TyperGroup
 
-app = typer.Typer(no_args_is_help=True, help="Encoder-based search built on ModernBERT.")
+
+def _without_type_labels(params: list) -> list:
+    """typer (0.29) prints a Python type beside every parameter without a metavar: `<bool>` beside each flag
+    and --help, `<list[Path]>` beside an argument. A flag takes no value, so it shows none; an argument's
+    name column is its placeholder already."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+        elif isinstance(param, TyperArgument):
+            param.display_type_rich = lambda ctx: None
+    return params
+
+
+class Group(TyperGroup):
+    """The group class of every `retriever` (sub-)app: its own flags and its commands' show no type labels, and
+    the list of commands shows each one's summary as a paragraph (typer keeps the docstring's line breaks)."""
+
+    def get_params(self, ctx) -> list:
+        return _without_type_labels(super().get_params(ctx))
+
+    def get_command(self, ctx, name: str):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _without_type_labels(command.get_params(ctx))
+            if command.short_help is None and command.help:
+                command.short_help = " ".join(command.help.split("\n\n")[0].split())
+        return command
+
+
+app = typer.Typer(cls=Group, no_args_is_help=True, help="Encoder-based search built on ModernBERT.")
 
 INDEX_OPTION = typer.Option(None, "--index", envvar="RETRIEVER_INDEX", metavar="DIR",
                             help="Index folder (default ./.retriever; or set RETRIEVER_INDEX).")
@@ -41,9 +71,10 @@ def _stderr():
 
 @app.command()
 def index(
-    paths: list[Path] = typer.Argument(..., help="Folders (read recursively) or files: .txt .md .rst .html, and "
-                                                 ".jsonl .json .csv .parquet with _id/id, title, text columns "
-                                                 "(a BEIR folder's corpus.jsonl included)."),
+    paths: list[Path] = typer.Argument(..., metavar="PATH",
+                                       help="Folders (read recursively) or files: .txt .md .rst .html, and "
+                                            ".jsonl .json .csv .parquet with _id/id, title, text columns "
+                                            "(a BEIR folder's corpus.jsonl included)."),
     index_dir: Path = INDEX_OPTION,
     model: str = typer.Option(None, "--model", "-m", metavar="NAME",
                               help="Embedding model: a folder or hub id in the sentence-transformers layout. Default:"
@@ -165,7 +196,7 @@ def _report_problems(problems, console) -> None:
 
 @app.command()
 def search(
-    query: str = typer.Argument(None, help="What to search for."),
+    query: str = typer.Argument(None, metavar="QUERY", help="What to search for."),
     index_dir: Path = INDEX_OPTION,
     k: int = typer.Option(10, "-k", metavar="N", help="Documents to return."),
     dense: bool = typer.Option(False, "--dense", metavar="", help="Dense search alone."),
@@ -313,7 +344,7 @@ def info(
 
 @app.command()
 def remove(
-    ids: list[str] = typer.Argument(..., help="Ids of the documents to remove."),
+    ids: list[str] = typer.Argument(..., metavar="ID", help="Ids of the documents to remove."),
     index_dir: Path = INDEX_OPTION,
     wait: float = typer.Option(0, metavar="SECONDS",
                                help="Seconds to wait for another writer of the same index before failing."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,32 @@ def test_one_command_lists_the_search_commands_and_the_sub_apps():
     listed = [line.strip("│ ").split()[0] for line in result.output.splitlines() if line.startswith("│ ")]
     for command in ("index", "search", "info", "remove", "train", "eval", "bench"):
         assert command in listed, result.output
+
+
+def _help_pages(command, path: list[str]):
+    """(command path, --help output) of a command and of every command under it, sub-apps included."""
+    import click
+
+    output = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+    yield " ".join(["retriever", *path]), output
+    if hasattr(command, "list_commands"):
+        context = click.Context(command)
+        for name in command.list_commands(context):
+            yield from _help_pages(command.get_command(context, name), [*path, name])
+
+
+def test_help_names_values_and_keeps_paragraphs():
+    """Every option that takes a value names it (N, DIR, MODEL, cpu|cuda); flags and --help show nothing: typer
+    would print `<bool>`, `<int>`, `<list[Path]>` otherwise."""
+    import typer
+
+    pages = dict(_help_pages(typer.main.get_command(app), []))
+    assert {"retriever index", "retriever eval beir", "retriever bench writes", "retriever train mlm"} <= set(pages)
+    type_name = re.compile(r"<(?:bool|int|float|str|path|list\[[^>]*\]|tuple\[[^>]*\])>")
+    shown = {path: type_name.findall(page) for path, page in pages.items() if type_name.search(page)}
+    assert not shown, shown
+    # a command's summary in the list is one paragraph, not the docstring's lines
+    assert "new and changed documents are embedded, documents of these paths" in pages["retriever"]
 
 
 def test_ci_runs_the_readme_test_command():

@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from evals.bench.corpus import SCIFACT, console
+from retriever.cli import Group
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(cls=Group, no_args_is_help=True, add_completion=False)
 
 
 @app.callback()
@@ -26,17 +27,19 @@ def main() -> None:
 
 @app.command()
 def encoder(
-    device: str = typer.Option("cpu", help="Device to run on: cpu or cuda."),
-    dtype: str = typer.Option(None, help="fp32, bf16 or fp16. Default: fp32 on CPU, bf16 on CUDA."),
-    attn_backend: str = typer.Option(None, help="Our attention backend (flash or sdpa). Default: automatic."),
-    num_layers: int = typer.Option(22, help="Encoder layers (ModernBERT-base has 22)."),
-    long_docs: int = typer.Option(8, help="Documents in the ragged long batch (a)."),
-    long_min: int = typer.Option(512, help="Shortest document of batch (a), tokens."),
-    long_max: int = typer.Option(8192, help="Longest document of batch (a), tokens."),
-    short_texts: int = typer.Option(64, help="Texts in the ragged short batch (b)."),
-    short_min: int = typer.Option(16, help="Shortest text of batch (b), tokens."),
-    short_max: int = typer.Option(512, help="Longest text of batch (b), tokens."),
-    repeats: int = typer.Option(1, help="Timed runs per case and model; the best is reported."),
+    device: str = typer.Option("cpu", metavar="cpu|cuda", help="Device to run on: cpu or cuda."),
+    dtype: str = typer.Option(None, metavar="fp32|bf16|fp16",
+                              help="fp32, bf16 or fp16. Default: fp32 on CPU, bf16 on CUDA."),
+    attn_backend: str = typer.Option(None, metavar="flash|sdpa",
+                                     help="Our attention backend (flash or sdpa). Default: automatic."),
+    num_layers: int = typer.Option(22, metavar="N", help="Encoder layers (ModernBERT-base has 22)."),
+    long_docs: int = typer.Option(8, metavar="N", help="Documents in the ragged long batch (a)."),
+    long_min: int = typer.Option(512, metavar="TOKENS", help="Shortest document of batch (a), tokens."),
+    long_max: int = typer.Option(8192, metavar="TOKENS", help="Longest document of batch (a), tokens."),
+    short_texts: int = typer.Option(64, metavar="N", help="Texts in the ragged short batch (b)."),
+    short_min: int = typer.Option(16, metavar="TOKENS", help="Shortest text of batch (b), tokens."),
+    short_max: int = typer.Option(512, metavar="TOKENS", help="Longest text of batch (b), tokens."),
+    repeats: int = typer.Option(1, metavar="N", help="Timed runs per case and model; the best is reported."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Our encoder vs transformers' ModernBertModel (sdpa): tokens/s, ratio, peak memory, GFLOP/s."""
@@ -74,14 +77,15 @@ def encoder(
 
 @app.command()
 def embedder(
-    scifact: Path = typer.Option(SCIFACT, help="BEIR folder whose corpus.jsonl gives the short documents."),
-    docs: int = typer.Option(256, help="Abstracts to encode."),
-    long_docs: int = typer.Option(2, help="Long documents, lengths spread evenly up to --max-length."),
+    scifact: Path = typer.Option(SCIFACT, metavar="DIR",
+                                 help="BEIR folder whose corpus.jsonl gives the short documents."),
+    docs: int = typer.Option(256, metavar="N", help="Abstracts to encode."),
+    long_docs: int = typer.Option(2, metavar="N", help="Long documents, lengths spread evenly up to --max-length."),
     max_length: int = typer.Option(
-        2048, help="Longest document, tokens (up to 8192; at 8192 stock pads its first batch of "
-                   "--batch-size texts to 8192 tokens, about 50 minutes on a 2-core CPU)."),
-    num_layers: int = typer.Option(22, help="Encoder layers (ModernBERT-base shape otherwise)."),
-    batch_size: int = typer.Option(32, help="Stock batch size (sentence-transformers' default: 32)."),
+        2048, metavar="TOKENS", help="Longest document, tokens (up to 8192; at 8192 stock pads its first batch of "
+                                     "--batch-size texts to 8192 tokens, about 50 minutes on a 2-core CPU)."),
+    num_layers: int = typer.Option(22, metavar="N", help="Encoder layers (ModernBERT-base shape otherwise)."),
+    batch_size: int = typer.Option(32, metavar="N", help="Stock batch size (sentence-transformers' default: 32)."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """load_embedder(dir) vs stock SentenceTransformer(dir): docs/s on abstracts plus long documents.
@@ -111,14 +115,17 @@ def embedder(
 
 @app.command()
 def mlm(
-    scifact: Path = typer.Option(SCIFACT, help="BEIR folder whose corpus.jsonl gives the training texts."),
-    docs: int = typer.Option(512, help="Texts to train on."),
-    num_layers: int = typer.Option(22, help="Encoder layers (ModernBERT-base shape otherwise)."),
-    step_tokens: int = typer.Option(4096, help="Token budget of a packed step; the padded baseline takes as many "
-                                               "texts per step as a packed step holds on average."),
-    steps: int = typer.Option(4, help="Timed training steps per side (after one untimed step)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    dtype: str = typer.Option(None, help="fp32 or bf16 (autocast). Default: fp32 on CPU, bf16 on CUDA."),
+    scifact: Path = typer.Option(SCIFACT, metavar="DIR",
+                                 help="BEIR folder whose corpus.jsonl gives the training texts."),
+    docs: int = typer.Option(512, metavar="N", help="Texts to train on."),
+    num_layers: int = typer.Option(22, metavar="N", help="Encoder layers (ModernBERT-base shape otherwise)."),
+    step_tokens: int = typer.Option(4096, metavar="TOKENS",
+                                    help="Token budget of a packed step; the padded baseline takes as many "
+                                         "texts per step as a packed step holds on average."),
+    steps: int = typer.Option(4, metavar="N", help="Timed training steps per side (after one untimed step)."),
+    device: str = typer.Option("cpu", metavar="cpu|cuda", help="cpu or cuda."),
+    dtype: str = typer.Option(None, metavar="fp32|bf16",
+                              help="fp32 or bf16 (autocast). Default: fp32 on CPU, bf16 on CUDA."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """MLM training tokens/s: our packed, unpadded steps vs transformers' padded batches, same data and weights.
@@ -140,13 +147,16 @@ def mlm(
 
 @app.command("retriever")
 def retriever_command(
-    model: str = typer.Option("default", help="Embedding model: 'default' (shipped), a folder or a hub id."),
-    docs: int = typer.Option(100_000, help="Documents of the synthetic collection (random vectors)."),
-    queries: int = typer.Option(200, help="Queries timed for warm latency."),
-    cold_runs: int = typer.Option(3, help="New `retriever search` processes timed."),
-    index_types: list[str] = typer.Option(["flat", "hnsw"], "--index-type", help="Index types of the synthetic case."),
-    scifact: Path = typer.Option(SCIFACT, help="BEIR SciFact folder for the real-model case (skipped if absent)."),
-    scifact_docs: int = typer.Option(0, help="Abstracts indexed (0: all 5,183)."),
+    model: str = typer.Option("default", metavar="MODEL",
+                              help="Embedding model: 'default' (shipped), a folder or a hub id."),
+    docs: int = typer.Option(100_000, metavar="N", help="Documents of the synthetic collection (random vectors)."),
+    queries: int = typer.Option(200, metavar="N", help="Queries timed for warm latency."),
+    cold_runs: int = typer.Option(3, metavar="N", help="New `retriever search` processes timed."),
+    index_types: list[str] = typer.Option(["flat", "hnsw"], "--index-type", metavar="flat|hnsw|ivfpq",
+                                          help="Index types of the synthetic case."),
+    scifact: Path = typer.Option(SCIFACT, metavar="DIR",
+                                 help="BEIR SciFact folder for the real-model case (skipped if absent)."),
+    scifact_docs: int = typer.Option(0, metavar="N", help="Abstracts indexed (0: all 5,183)."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Indexing throughput against the pure encoder, and warm/cold search latency (see evals/bench/retriever.py)."""
@@ -182,10 +192,13 @@ def retriever_command(
 
 @app.command("writes")
 def writes_command(
-    model: str = typer.Option("default", help="Embedding model: 'default' (shipped), a folder or a hub id."),
-    sizes: str = typer.Option("10000,100000,1000000", help="Index sizes in chunks, comma-separated."),
-    scifact: Path = typer.Option(SCIFACT, help="BEIR SciFact folder: its sentences are the texts (else random words)."),
-    queries: int = typer.Option(200, help="Queries timed at the largest size."),
+    model: str = typer.Option("default", metavar="MODEL",
+                              help="Embedding model: 'default' (shipped), a folder or a hub id."),
+    sizes: str = typer.Option("10000,100000,1000000", metavar="N,N,...",
+                              help="Index sizes in chunks, comma-separated."),
+    scifact: Path = typer.Option(SCIFACT, metavar="DIR",
+                                 help="BEIR SciFact folder: its sentences are the texts (else random words)."),
+    queries: int = typer.Option(200, metavar="N", help="Queries timed at the largest size."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """What a 1-document and a 1,000-document write cost as the index grows, and search at the largest size
@@ -213,7 +226,7 @@ def writes_command(
 
 @app.command("memory")
 def memory_command(
-    sizes: str = typer.Option("20000,200000", help="Corpus sizes in documents, comma-separated."),
+    sizes: str = typer.Option("20000,200000", metavar="N,N,...", help="Corpus sizes in documents, comma-separated."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Peak RSS of `retriever index` (the shipped model) over short documents, by corpus size."""
@@ -237,8 +250,9 @@ def memory_command(
 
 @app.command("crash")
 def crash_command(
-    documents: int = typer.Option(40_000, help="Short documents in the growing index (every kill lands mid-run)."),
-    kills: int = typer.Option(20, help="SIGKILLs at random moments, each followed by a rerun."),
+    documents: int = typer.Option(40_000, metavar="N",
+                                  help="Short documents in the growing index (every kill lands mid-run)."),
+    kills: int = typer.Option(20, metavar="N", help="SIGKILLs at random moments, each followed by a rerun."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """kill -9 a growing `retriever index` at random moments: every index opens, its counts agree, nothing
@@ -262,11 +276,12 @@ def crash_command(
 
 @app.command("server")
 def server_command(
-    model: str = typer.Option("default", help="Embedding model: 'default' (shipped), a folder or a hub id."),
-    docs: int = typer.Option(10_000, help="Documents of the synthetic collection (random vectors)."),
-    queries: int = typer.Option(50, help="Searches per client."),
-    clients: int = typer.Option(8, help="Concurrent clients: threads in-process, connections over HTTP."),
-    k: int = typer.Option(10, "-k", help="Documents per search."),
+    model: str = typer.Option("default", metavar="MODEL",
+                              help="Embedding model: 'default' (shipped), a folder or a hub id."),
+    docs: int = typer.Option(10_000, metavar="N", help="Documents of the synthetic collection (random vectors)."),
+    queries: int = typer.Option(50, metavar="N", help="Searches per client."),
+    clients: int = typer.Option(8, metavar="N", help="Concurrent clients: threads in-process, connections over HTTP."),
+    k: int = typer.Option(10, "-k", metavar="N", help="Documents per search."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Search latency over HTTP (`retriever serve`) against Retriever.search in-process, N concurrent clients."""
