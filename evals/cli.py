@@ -207,6 +207,53 @@ def fusion_command(
 
 
 @app.command()
+def chunking(
+    sets: list[str] = typer.Argument(..., metavar="DIR:SPLIT",
+                                     help="DIR:SPLIT of BEIR folders, e.g. runs/longdocs:test."),
+    model: str = typer.Option("default", "--model", "-m", metavar="MODEL",
+                              help="'default' (the shipped model), a model folder or hub id."),
+    modes: str = typer.Option("window,late", "--modes", metavar="MODE,MODE", help="Chunking modes to compare."),
+    max_length: int = typer.Option(None, metavar="TOKENS",
+                                   help="Tokens per input (default: the model's), as `retriever index --max-length`."),
+    device: str = typer.Option(None, metavar="cpu|cuda", help="cpu or cuda (default: cpu), as `retriever index`."),
+    output: Path = typer.Option(Path("eval-results"), metavar="DIR", help="Folder for chunking-MODEL.json and .md."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Window against late chunking through the index: each set indexed with each chunking (timed) and
+    searched dense, lexical and hybrid, as `retriever index` and `retriever search` do; nDCG@10 and Recall@100."""
+    from dataclasses import asdict
+
+    from evals.beir import markdown_table
+    from evals.chunking import measure
+    from retriever.beir import BeirFormatError, load_beir
+    from retriever.embedding import Chunking
+    from retriever.index import DEFAULT_MODEL, SEARCH_MODES
+
+    started = time.perf_counter()
+    try:
+        datasets = {item: load_beir(*item.rsplit(":", 1)) if ":" in item else load_beir(item, "test")
+                    for item in sets}
+        chunkings = [Chunking(mode.strip()) for mode in modes.split(",")]
+    except (BeirFormatError, OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    results = []
+    for item, dataset in datasets.items():
+        for chunk_mode in chunkings:
+            console.print(f"{item}: {len(dataset.corpus)} documents, {len(dataset.queries)} queries, "
+                          f"{chunk_mode.mode} chunking")
+            results.append(measure(item, dataset, chunk_mode, None if model == DEFAULT_MODEL else model,
+                                   max_length, device))
+    rows = [{"set": r.set, "chunking": r.chunking, "chunks": r.chunks, "index s": r.index_seconds,
+             **{f"{mode} nDCG@10": r.scores[mode]["ndcg_at_10"] for mode in SEARCH_MODES},
+             **{f"{mode} R@100": r.scores[mode]["recall_at_100"] for mode in SEARCH_MODES}} for r in results]
+    report = {"sets": sets, "model": model, **_run_facts(started), "results": [asdict(r) for r in results]}
+    table = markdown_table(rows, list(rows[0]))
+    _write_report(output, f"chunking-{_slug(model)}", report, f"Chunking, {model}", table, json_output,
+                  "results and table")
+
+
+@app.command()
 def longctx(
     models: list[str] = typer.Option(["default"], "--model", "-m", metavar="MODEL",
                                      help="'default' (the shipped model), a model "

@@ -183,3 +183,35 @@ def test_evaluation_scores_what_search_serves(checkpoint_dir, tmp_path):
         assert [h.id for h in dense_hits] == list(dense[qid])[:k]
         assert [h.score for h in dense_hits] == pytest.approx(list(dense[qid].values())[:k], abs=1e-5)
         assert [h.id for h in hybrid_hits] == list(hybrid[qid])
+
+
+def test_eval_chunking_indexes_each_set_with_each_chunking(tiny_beir, checkpoint_dir, tmp_path):
+    """`retriever eval chunking` builds the real index per chunking and scores what search serves."""
+    from tests.test_retriever import st_layout
+
+    model = st_layout(checkpoint_dir, tmp_path / "mean", "mean", None)  # late chunking pools by mean
+    result = CliRunner().invoke(app, ["eval", "chunking", f"{tiny_beir}:test", "--model", str(model),
+                                      "--device", "cpu", "--output", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [r["chunking"] for r in report["results"]] == ["window", "late"]
+    for r in report["results"]:
+        assert r["documents"] == 30 and r["chunks"] >= 30 and r["index_seconds"] > 0
+        assert set(r["scores"]) == {"dense", "lexical", "hybrid"}
+        assert r["scores"]["lexical"]["ndcg_at_10"] == pytest.approx(1.0)  # queries are copies of documents
+    assert (tmp_path / "out" / f"chunking-{model.parent.name}_{model.name}.md").is_file()
+
+
+def test_chunking_cost_benchmark_times_both_chunkings(tiny_beir, checkpoint_dir, tmp_path):
+    from tests.test_retriever import st_layout
+
+    model = st_layout(checkpoint_dir, tmp_path / "mean", "mean", None)
+    result = CliRunner().invoke(app, ["bench", "chunking", "--model", str(model), "--scifact", str(tiny_beir),
+                                      "--lengths", "300,600", "--repeats", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    window, late = report["results"]
+    assert (window["chunking"], late["chunking"]) == ("window", "late")
+    assert window["vectors"] == 2 and late["vectors"] > 2  # one window per document; passages of 256 tokens
+    assert len(late["all_s"]) == 2 and report["late_vs_window"] == pytest.approx(late["best_s"] / window["best_s"],
+                                                                                 abs=2e-3)

@@ -300,3 +300,32 @@ def server_command(
         table.add_row(label, f"{side['p50_ms']:.1f}", f"{side['p99_ms']:.1f}", f"{side['searches_per_s']:,.0f}")
     Console().print(table)
     Console().print(f"HTTP adds {report['http_overhead_p50_ms']:.1f} ms at p50")
+
+
+@app.command("chunking")
+def chunking_command(
+    model: str = typer.Option("default", metavar="MODEL",
+                              help="Embedding model: 'default' (shipped), a folder or a hub id (mean pooling)."),
+    lengths: str = typer.Option("2048,4096,6144,8192,8192,8192,8192,8192,8192", metavar="TOKENS,TOKENS,...",
+                                help="Long documents' lengths in tokens (SciFact abstracts joined), comma-separated."),
+    scifact: Path = typer.Option(SCIFACT, metavar="DIR", help="BEIR SciFact folder: its abstracts make the texts."),
+    repeats: int = typer.Option(3, metavar="N", help="Timed runs per chunking, in turns; the best is reported."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Late against window chunking: the same long documents encoded both ways (see evals/bench/chunking.py)."""
+    from evals.bench.chunking import cost
+
+    with console.status("") as status:
+        report = cost(model, scifact, [int(n) for n in lengths.split(",")], repeats, status.update)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"chunking cost, model {model}: {report['documents']} documents, {report['tokens']:,} "
+                        f"tokens, best of {repeats}")
+    for column in ("chunking", "vectors", "best s", "all s", "tokens/s"):
+        table.add_column(column, justify="right")
+    for r in report["results"]:
+        table.add_row(r["chunking"], str(r["vectors"]), f"{r['best_s']:.2f}", " ".join(f"{s:.2f}" for s in r["all_s"]),
+                      f"{r['tokens_per_s']:,}")
+    Console().print(table)
+    Console().print(f"late / window: {report['late_vs_window']:.2f}x (target <= {report['target']:.2f}x)")
