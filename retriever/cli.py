@@ -103,6 +103,23 @@ def index(
     commit_every: int = typer.Option(1000, "--commit-every", metavar="N",
                                      help="Commit every N embedded documents: memory stays bounded, and a rerun after"
                                           " an interruption embeds only what was not committed."),
+    engine: str = typer.Option("local", "--engine", metavar="local|ray",
+                               help="local: embed in this process. ray: on a Ray cluster, by Ray Data actors that "
+                                    "each hold the model (the ray extra), committed as batches come back."),
+    ray_address: str = typer.Option(None, "--ray-address", metavar="ADDR",
+                                    help="--engine ray: the cluster (auto, ray://HOST:PORT). Default: RAY_ADDRESS, "
+                                         "else a cluster started on this machine for the run."),
+    actors: int = typer.Option(None, "--actors", metavar="N",
+                               help="--engine ray: actors embedding at once, each with the model (default 1)."),
+    gpus_per_actor: float = typer.Option(None, "--gpus-per-actor", metavar="G",
+                                         help="--engine ray: GPUs per actor (default 0: the actors run on CPUs)."),
+    batch_docs: int = typer.Option(None, "--batch-docs", metavar="B",
+                                   help="--engine ray: documents per actor batch (default 64): what a dead actor's "
+                                        "restart redoes."),
+    output_shards: Path = typer.Option(None, "--output-shards", metavar="DIR",
+                                       help="--engine ray: write the new and changed documents' vectors as Parquet "
+                                            "shards under DIR instead of committing them (retriever import adds "
+                                            "them)."),
 ) -> None:
     """Index documents, or bring an index up to date with them: new and changed documents are
     embedded, documents of these paths that are gone are removed, unchanged ones are kept."""
@@ -115,6 +132,8 @@ def index(
     console = _stderr()
     started = time.perf_counter()
     try:
+        ray_engine = _ray_engine(engine, ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
+                                 batch_docs=batch_docs, output_shards=output_shards)
         with console.status("reading documents"):
             corpus = read_corpus(paths)
         read_seconds = time.perf_counter() - started
@@ -137,7 +156,13 @@ def index(
                                   passage_tokens or defaults.passage_tokens))
         console.print(f"{_count(len(corpus.documents), 'document')} read from {', '.join(map(str, paths))} "
                       f"in {read_seconds:.1f} s")
-        report = retriever.sync(corpus, show_progress=True, wait=wait, commit_every=commit_every)
+        if output_shards is not None:
+            written = ray_engine.write_shards(retriever, corpus.documents, output_shards)
+            console.print(f"{_count(len(written), 'new or changed document')} embedded into Parquet shards under "
+                          f"{output_shards} in {time.perf_counter() - started:.1f} s, nothing committed; add them "
+                          f"with: retriever import {output_shards} --index {index_dir}", highlight=False)
+            return
+        report = retriever.sync(corpus, show_progress=True, wait=wait, commit_every=commit_every, engine=ray_engine)
     except KeyboardInterrupt:
         _fail("interrupted: what was committed stays in the index (run again to embed the rest)", 130)
     except _errors() as e:
@@ -155,6 +180,22 @@ def index(
                       + (" ..." if len(report.kept) > SHOWN_PROBLEMS else ""), highlight=False)
     if corpus.problems:
         console.print(f"{len(corpus.problems)} skipped (listed above)")
+
+
+def _ray_engine(engine: str, **options):
+    """The RayEngine of `--engine ray` and its options (those not given: its defaults), or None for local;
+    a Ray option without --engine ray is an error."""
+    if engine not in ("local", "ray"):
+        _fail(f"--engine {engine}: expected local or ray")
+    given = {name: value for name, value in options.items() if value is not None}
+    if engine == "local":
+        if given:
+            _fail(f"--{next(iter(given)).replace('_', '-')} is an option of --engine ray")
+        return None
+    from retriever.ray_engine import RayEngine
+
+    given.pop("output_shards", None)
+    return RayEngine(**{"address" if name == "ray_address" else name: value for name, value in given.items()})
 
 
 def _count(n: int, noun: str) -> str:
@@ -192,6 +233,42 @@ def _report_problems(problems, console) -> None:
         console.print(f"[yellow]skipped[/] {problem}", highlight=False, markup=True, soft_wrap=True)
     if len(problems) > SHOWN_PROBLEMS:
         console.print(f"... and {len(problems) - SHOWN_PROBLEMS} more skipped")
+
+
+@app.command("import")
+def import_command(
+    shards: list[Path] = typer.Argument(..., metavar="DIR_OR_FILE",
+                                        help="Parquet shards of precomputed vectors, or folders of them (as "
+                                             "retriever index --engine ray --output-shards writes them)."),
+    index_dir: Path = INDEX_OPTION,
+    batch_docs: int = typer.Option(1000, "--batch-docs", metavar="N",
+                                   help="Documents read and committed at a time: memory stays bounded, and a rerun "
+                                        "after an interruption adds only what was not committed."),
+    wait: float = typer.Option(0, metavar="SECONDS",
+                               help="Seconds to wait for another writer of the same index before failing."),
+) -> None:
+    """Add precomputed vectors to an index, with their documents: each shard's dimension and model fingerprint must
+    be the index's. A new index is made for the shards' model, max length and chunking."""
+    from retriever.embedding import Chunking
+    from retriever.index import DEFAULT_INDEX_DIR, Retriever
+    from retriever.manifest import MANIFEST
+    from retriever.shards import import_shards, shard_files, shard_info
+
+    index_dir = index_dir or DEFAULT_INDEX_DIR
+    started = time.perf_counter()
+    try:
+        files = shard_files(shards)
+        if not (index_dir / MANIFEST).is_file():
+            info = shard_info(files[0])
+            Retriever.create(index_dir, info.model, max_length=info.max_length, chunking=Chunking(**info.chunking))
+        report = import_shards(Retriever.open(index_dir), files, batch_docs=batch_docs, wait=wait, show_progress=True)
+    except KeyboardInterrupt:
+        _fail("interrupted: what was committed stays in the index (run again to add the rest)", 130)
+    except _errors() as e:
+        _fail(str(e))
+    _stderr().print(f"{index_dir}: {len(report.added)} added, {len(report.updated)} updated, {report.unchanged} "
+                    f"unchanged, {_count(report.chunks_embedded, 'chunk')} from {_count(len(files), 'shard')} in "
+                    f"{time.perf_counter() - started:.1f} s", highlight=False)
 
 
 @app.command()

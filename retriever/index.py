@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -108,6 +109,21 @@ class UpdateReport:
     seconds: float = 0.0
 
 
+# Documents, their passages' vectors (float32, one row per passage) and the passages, whose `doc`
+# indexes those documents: what an embedding engine hands the write path, one commit's worth at a time.
+Embedded = tuple[list[Document], np.ndarray, list[Passage]]
+
+
+class EmbeddingEngine(Protocol):
+    """What embeds the documents a write changes, elsewhere than in this process (retriever/ray_engine.py),
+    or not at all (vectors made before: retriever/shards.py)."""
+
+    def embed(self, retriever: Retriever, documents: list[Document], per_commit: int,
+              progress: TokenProgress) -> Iterable[Embedded]:
+        """`documents` embedded as the retriever's own model would embed them, in batches of at most
+        `per_commit` documents, each document once, in any order; `progress` advanced by tokens."""
+
+
 class Retriever:
     """A searchable index of documents. Reads (search, info) are safe from several threads."""
 
@@ -135,7 +151,7 @@ class Retriever:
             raise IndexExistsError(f"{directory}: an index exists here already; open it, or pick another folder")
         VectorIndex.new(index_type, 1)  # the type is checked before the model loads
         name = _model_name(model)
-        passage_encoder = PassageEncoder.load(_model_location(name), device=device, max_length=max_length)
+        passage_encoder = PassageEncoder.load(model_location(name), device=device, max_length=max_length)
         if chunking.mode == "late" and passage_encoder.pooling != "mean":
             raise IndexMismatchError(f"late chunking needs a mean-pooling model; {name} pools by "
                                      f"{passage_encoder.pooling}")
@@ -212,17 +228,7 @@ class Retriever:
             self._stamp = stamp
 
     def _checked_model(self, name: str) -> PassageEncoder:
-        model = PassageEncoder.load(_model_location(name), device=self.device, max_length=self.manifest.max_length)
-        if model.dimension != self.manifest.dimension:
-            raise IndexMismatchError(f"{self.directory} holds {self.manifest.dimension}-d vectors of "
-                                     f"{self.manifest.model}; {name} makes {model.dimension}-d vectors")
-        fingerprint = model.fingerprint()
-        if fingerprint != self.manifest.model_fingerprint:
-            raise IndexMismatchError(f"{self.directory} was built with {self.manifest.model} (fingerprint "
-                                     f"{self.manifest.model_fingerprint}); {name} has fingerprint {fingerprint}: "
-                                     "search it with the same model, or build a new index")
-        model.prompts = self.manifest.prompts
-        return model
+        return checked_model(self.manifest, self.directory, name, self.device)
 
     @property
     def model(self) -> PassageEncoder:
@@ -238,18 +244,20 @@ class Retriever:
     # ---- writing ------------------------------------------------------------------------------
 
     def add(self, documents: Iterable[dict | str | Document], *, show_progress: bool = False,
-            wait: float = 0, commit_every: int | None = None) -> UpdateReport:
+            wait: float = 0, commit_every: int | None = None, engine: EmbeddingEngine | None = None) -> UpdateReport:
         """Adds documents (dicts with id/_id, text, title, metadata; strings; or Documents); a
         document whose id is indexed already is replaced when its content changed. With
-        `commit_every`, the changed documents are embedded and committed that many at a time."""
-        return self._update(_as_documents(documents), [], show_progress, wait, commit_every)
+        `commit_every`, the changed documents are embedded and committed that many at a time;
+        `engine`: embedded by it instead of in this process."""
+        return self._update(_as_documents(documents), [], show_progress, wait, commit_every, engine)
 
     def sync(self, corpus: Corpus, *, show_progress: bool = False, wait: float = 0,
-             commit_every: int | None = None) -> UpdateReport:
+             commit_every: int | None = None, engine: EmbeddingEngine | None = None) -> UpdateReport:
         """Makes the index hold `corpus` for the files it read: new and changed documents embedded,
         documents from those files (or folders) that are gone removed. Others stay. With
         `commit_every`, each batch of that many changed documents is committed as it is embedded:
-        an interrupted run keeps what it committed, and a rerun embeds only the rest."""
+        an interrupted run keeps what it committed, and a rerun embeds only the rest. `engine`
+        (e.g. ray_engine.RayEngine): the documents are embedded by it, and committed as they come."""
         self._serve_current()
         with self._lock:
             indexed = self.store.ids_from_sources(corpus.roots)
@@ -265,7 +273,7 @@ class Retriever:
         seen = {d.id for d in corpus.documents}
         unreadable = {str(Path(problem.path).resolve()) for problem in corpus.problems}
         vanished = [doc_id for doc_id, source in indexed.items() if doc_id not in seen and source not in unreadable]
-        report = self._update(corpus.documents, vanished, show_progress, wait, commit_every)
+        report = self._update(corpus.documents, vanished, show_progress, wait, commit_every, engine)
         report.kept = sorted(doc_id for doc_id, source in indexed.items()
                              if doc_id not in seen and source in unreadable)
         return report
@@ -328,7 +336,7 @@ class Retriever:
         return report
 
     def _update(self, documents: list[Document], deletions: list[str], show_progress: bool,
-                wait: float, commit_every: int | None = None) -> UpdateReport:
+                wait: float, commit_every: int | None = None, engine: EmbeddingEngine | None = None) -> UpdateReport:
         if commit_every is not None and commit_every < 1:
             raise ValueError(f"commit_every must be at least 1, got {commit_every}")
         started = time.perf_counter()
@@ -337,22 +345,49 @@ class Retriever:
             changing = set(report.added + report.updated)
             changed = [d for d in documents if d.id in changing]
             if changed or report.removed:
-                updated = set(report.updated)
                 step = commit_every or max(len(changed), 1)
-                batches = [changed[i:i + step] for i in range(0, len(changed), step)] or [[]]
                 with TokenProgress(show_progress, "embedding", documents=len(changed)) as progress:
-                    for number, batch in enumerate(batches):
-                        encode_started = time.perf_counter()
-                        vectors, passages = self._embed(batch, progress)
-                        report.encode_seconds += time.perf_counter() - encode_started
-                        report.chunks_embedded += len(passages)
-                        # removed documents leave with the first commit, replaced ones with their new version
-                        replaced = [d.id for d in batch if d.id in updated] + (report.removed if number == 0 else [])
-                        self._commit(store, batch, vectors, passages, replaced)
-                        progress.advance_documents(len(batch))
+                    if changed:
+                        batches = engine.embed(self, changed, step, progress) if engine \
+                            else self._embedded(changed, step, progress)
+                        self._commit_batches(store, batches, report, progress)
+                    else:
+                        self._commit(store, [], np.zeros((0, self.manifest.dimension), np.float32), [],
+                                     report.removed)
                 report.tokens = progress.done
         report.seconds = time.perf_counter() - started
         return report
+
+    def _commit_batches(self, store: Store, batches: Iterable[Embedded], report: UpdateReport,
+                        progress: TokenProgress) -> None:
+        """Commits each embedded batch as it comes: the report's added and updated documents, each
+        exactly once, and with the first batch the report's removals."""
+        changing, updated = set(report.added + report.updated), set(report.updated)
+        committed: set[str] = set()
+        batches = iter(batches)
+        while True:
+            encode_started = time.perf_counter()  # an engine's batches take their time coming
+            embedded = next(batches, None)
+            report.encode_seconds += time.perf_counter() - encode_started
+            if embedded is None:
+                break
+            batch, vectors, passages = embedded
+            _check_once(batch, changing, committed)
+            report.chunks_embedded += len(passages)
+            # removed documents leave with the first commit, replaced ones with their new version
+            replaced = [d.id for d in batch if d.id in updated] + ([] if committed else report.removed)
+            self._commit(store, batch, vectors, passages, replaced)
+            committed.update(d.id for d in batch)
+            progress.advance_documents(len(batch))
+        if missing := changing - committed:
+            raise RetrieverError(f"no vectors came back for {len(missing)} of {len(changing)} documents "
+                                 f"(e.g. {min(missing)!r}); those that did are committed: run again to embed the rest")
+
+    def _embedded(self, documents: list[Document], step: int, progress: TokenProgress) -> Iterator[Embedded]:
+        """`documents` embedded in this process, `step` at a time."""
+        for i in range(0, len(documents), step):
+            batch = documents[i:i + step]
+            yield batch, *self._embed(batch, progress)
 
     def _commit(self, store: Store, changed: list[Document], vectors: np.ndarray, passages: list[Passage],
                 replaced: list[str]) -> None:
@@ -425,16 +460,7 @@ class Retriever:
         return True
 
     def _embed(self, documents: list[Document], progress: TokenProgress) -> tuple[np.ndarray, list[Passage]]:
-        if not documents:
-            return np.zeros((0, self.manifest.dimension), np.float32), []
-        inputs = [embedding_input(d) for d in documents]
-        vectors, passages = self.model.encode_documents(inputs, self.chunking, self.batch_tokens, progress)
-        for passage in passages:  # spans in the text, without the title put before it
-            length = len(documents[passage.doc].text)
-            shift = len(inputs[passage.doc]) - length
-            passage.start = min(max(passage.start - shift, 0), length)
-            passage.end = min(max(passage.end - shift, passage.start), length)
-        return vectors, passages
+        return embed_documents(self.model, documents, self.chunking, self.batch_tokens, progress)
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -557,6 +583,50 @@ class Retriever:
         self.store.close()
 
 
+def embed_documents(model: PassageEncoder, documents: list[Document], chunking: Chunking, batch_tokens: int,
+                    progress: TokenProgress) -> tuple[np.ndarray, list[Passage]]:
+    """The vectors of `documents`' passages and the passages (spans in each document's text): what the
+    index stores for them, in this process or in an engine's worker (the same code, so the same vectors)."""
+    if not documents:
+        return np.zeros((0, model.dimension), np.float32), []
+    inputs = [embedding_input(d) for d in documents]
+    vectors, passages = model.encode_documents(inputs, chunking, batch_tokens, progress)
+    for passage in passages:  # spans in the text, without the title put before it
+        length = len(documents[passage.doc].text)
+        shift = len(inputs[passage.doc]) - length
+        passage.start = min(max(passage.start - shift, 0), length)
+        passage.end = min(max(passage.end - shift, passage.start), length)
+    return vectors, passages
+
+
+def checked_model(manifest: IndexManifest, directory: Path, name: str | None = None,
+                  device: str | None = None) -> PassageEncoder:
+    """The model `name` (default: the index's own) loaded for the index in `directory`, with its
+    prompts: an error unless it makes the index's vectors (same dimension and fingerprint)."""
+    name = name or manifest.model
+    model = PassageEncoder.load(model_location(name), device=device, max_length=manifest.max_length)
+    if model.dimension != manifest.dimension:
+        raise IndexMismatchError(f"{directory} holds {manifest.dimension}-d vectors of "
+                                 f"{manifest.model}; {name} makes {model.dimension}-d vectors")
+    fingerprint = model.fingerprint()
+    if fingerprint != manifest.model_fingerprint:
+        raise IndexMismatchError(f"{directory} was built with {manifest.model} (fingerprint "
+                                 f"{manifest.model_fingerprint}); {name} has fingerprint {fingerprint}: "
+                                 "search it with the same model, or build a new index")
+    model.prompts = manifest.prompts
+    return model
+
+
+def _check_once(batch: list[Document], changing: set[str], committed: set[str]) -> None:
+    """An engine's batch holds documents asked for and not committed yet, each once: what makes a
+    retried or resumed job commit every document exactly once. Checked before the batch commits."""
+    ids = [d.id for d in batch]
+    if len(set(ids)) != len(ids) or not committed.isdisjoint(ids) or not changing.issuperset(ids):
+        wrong = next(i for n, i in enumerate(ids) if i in committed or i not in changing or i in ids[:n])
+        raise RetrieverError(f"the embedding engine returned document {wrong!r} twice, or unasked; its batch "
+                             "was not committed (those before it were)")
+
+
 def _segment_name(commit: int, number: int) -> str:
     return f"seg-{commit:06d}-{number}"
 
@@ -603,5 +673,6 @@ def _model_name(model: str | Path | None) -> str:
     return str(path.resolve()) if path.exists() else str(model)
 
 
-def _model_location(name: str) -> str | Path:
+def model_location(name: str) -> str | Path:
+    """Where the model an index names is loaded from: the shipped one for "default"."""
     return default_model_path() if name == DEFAULT_MODEL else name

@@ -329,3 +329,38 @@ def chunking_command(
                       f"{r['tokens_per_s']:,}")
     Console().print(table)
     Console().print(f"late / window: {report['late_vs_window']:.2f}x (target <= {report['target']:.2f}x)")
+
+
+@app.command("ray")
+def ray_command(
+    model: str = typer.Option("default", metavar="MODEL",
+                              help="Embedding model: 'default' (shipped), a folder or a hub id."),
+    scifact: Path = typer.Option(SCIFACT, metavar="DIR", help="BEIR SciFact folder: its abstracts are the documents."),
+    docs: int = typer.Option(500, metavar="N", help="Abstracts indexed in each case."),
+    actors: str = typer.Option("1,2", metavar="N,N,...", help="Actor counts of the Ray cases, comma-separated."),
+    cpus: int = typer.Option(2, metavar="N", help="CPUs of the local Ray cluster, split evenly between the actors."),
+    batch_docs: int = typer.Option(64, metavar="N", help="Documents per actor batch."),
+    commit_every: int = typer.Option(1000, metavar="N", help="Documents per commit (retriever index's default)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Indexing docs/s of the Ray engine (--engine ray) with 1 and 2 actors against the single process, same
+    documents, same run (see evals/bench/ray.py)."""
+    from evals.bench.ray import run
+
+    with console.status("") as status:
+        report = run(model, scifact, docs, [int(n) for n in actors.split(",")], cpus, batch_docs, commit_every,
+                     status.update)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"indexing {report['documents']:,} SciFact abstracts, model {model}, "
+                        f"{report['environment']['cpus']} cores, ray {report['environment']['ray']}")
+    for column in ("case", "CPUs per actor", "seconds", "docs/s", "vs single process"):
+        table.add_column(column, justify="right")
+    for r in report["results"]:
+        table.add_row(r["case"], f"{r['cpus_per_actor']:g}" if "cpus_per_actor" in r else "", f"{r['seconds']:.1f}",
+                      f"{r['docs_per_s']:,.1f}", f"{r['vs_single_process']:.2f}x")
+    Console().print(table)
+    Console().print(f"local Ray cluster started in {report['cluster_start_s']:.1f} s (not in the Ray cases' times); "
+                    "each Ray case includes starting its actors and loading the model in each")
+
