@@ -433,7 +433,7 @@ class Retriever:
 
     def _merge(self, store: Store) -> bool:
         """One commit of the merges the merge policy asks for now, if any (whether there were)."""
-        plan = merge_plan(self.segments, self._tombstones, self.manifest.index_type)
+        plan = merge_plan(self.segments, self._tombstones, self.manifest.index_type, self.manifest.dimension)
         if not plan:
             return False
         store.at = commit = self.manifest.commit
@@ -447,7 +447,7 @@ class Retriever:
                 continue
             # ivfpq: merge_plan merges flat segments only once there are enough chunks to train on
             vectors = VectorIndex.merge(self.manifest.index_type, self.manifest.dimension,
-                                        [s.vectors for s in group], gone)
+                                        (s.read_vectors() for s in group), gone)
             written.append(Segment.write(self.directory, _segment_name(commit + 1, number), vectors,
                                          store.chunk_texts(live)))
         store.drop(np.concatenate(dropped))
@@ -534,23 +534,27 @@ class Retriever:
         fetch = k * 4
         searchable = self.manifest.chunks if allowed is None else len(allowed)
         while True:
-            per_query = [_best_per_doc(self._doc_ids(hits))
-                         for hits in search_dense(segments, query_vectors, fetch, allowed, tombstones)]
+            per_query = [_best_per_doc(self._doc_ids(hits)) for hits in
+                         self._over_segments(search_dense, segments, tombstones, query_vectors, fetch, allowed)]
             if fetch >= searchable or all(len(docs) >= k for docs in per_query):
                 return [dict(list(docs.items())[:k]) for docs in per_query]
             fetch *= 4
 
     def _lexical_search(self, segments: list[Segment], tombstones: np.ndarray, queries: list[str], k: int,
                         allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
-        """BM25 over the segments; a merge that retired one since this search began: the current ones."""
-        tokens = tokenize(queries)
+        return self._over_segments(search_lexical, segments, tombstones, tokenize(queries), k, allowed)
+
+    def _over_segments(self, search, segments: list[Segment], tombstones: np.ndarray, *args):
+        """search(segments, *args, tombstones); a merge that retired one of them since this search began
+        (the files read on first use are gone: BM25, the vectors of segments this process wrote): over the
+        current ones. A pinned reader, too, moves on: what it served is gone."""
         try:
-            return search_lexical(segments, tokens, k, allowed, tombstones)
-        except FileNotFoundError:  # a pinned reader, too, moves on: what it served is gone
+            return search(segments, *args, tombstones)
+        except (FileNotFoundError, VectorIndexError):
             self._serve(IndexManifest.read(self.directory))
             with self._lock:
                 segments, tombstones = self.segments, self._tombstones
-            return search_lexical(segments, tokens, k, allowed, tombstones)
+            return search(segments, *args, tombstones)
 
     def _doc_ids(self, chunk_hits: list[tuple[int, float]]) -> list[tuple[str, int, float]]:
         with self._lock:

@@ -12,7 +12,9 @@ The merge policy is tiered, as Lucene's TieredMergePolicy: segments are grouped 
 a factor SEGMENTS_PER_TIER apart (all under MERGE_FLOOR chunks are one tier), and a tier holding
 SEGMENTS_PER_TIER segments is merged into one, so an index of n chunks has O(log n) segments and
 each chunk is rewritten O(log n) times. A segment whose chunks are mostly deleted is rewritten
-alone, and one whose chunks are all deleted is dropped.
+alone, and one whose chunks are all deleted is dropped. A merge writes at most MAX_MERGED_BYTES of
+vectors, so a writer's memory does not grow with the index (an index of 1M 256-d chunks holds some 20
+segments).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ SEGMENTS = "segments"
 SEGMENTS_PER_TIER = 10
 MERGE_FLOOR = 1000  # chunks
 EXPUNGE_DELETED = 0.5  # a segment with more of its chunks deleted than this is rewritten
+# The most a merge writes, in float32 vectors (65,536 chunks of 256 dimensions, 21,845 of 768): what a
+# writer holds, whatever the index's size. Larger segments are not merged again (Lucene's max merged size).
+MAX_MERGED_BYTES = 64 * 2**20
 VECTORS_FILE = "vectors.faiss"
 BM25_FOLDER = "bm25"
 _BUILDING = ".building-"
@@ -50,31 +55,53 @@ class SegmentInfo:
 
 
 class Segment:
-    def __init__(self, directory: Path, info: SegmentInfo, vectors: VectorIndex):
+    """A segment's files. A reader holds the vectors of the commit it serves (`load` reads them then, so a
+    merge that retires the segment later changes nothing); BM25 is read on first use. A writer keeps
+    neither for the segments it writes, only their chunk ids: its memory is one batch, whatever the index
+    holds, and it reads a segment's vectors back only to merge or search it."""
+
+    def __init__(self, directory: Path, info: SegmentInfo, dimension: int, chunk_ids: np.ndarray | None = None):
         self.directory = directory
         self.info = info
-        self.vectors = vectors
+        self.dimension = dimension
+        self._vectors: VectorIndex | None = None
         self._lexical: LexicalIndex | None = None
+        self._chunk_ids = chunk_ids
 
     @classmethod
     def load(cls, root: Path, info: SegmentInfo, dimension: int) -> Segment:
-        directory = root / SEGMENTS / info.name
-        return cls(directory, info, VectorIndex.load(directory / VECTORS_FILE, info.kind, dimension, info.chunks))
+        segment = cls(root / SEGMENTS / info.name, info, dimension)
+        segment._vectors = segment.read_vectors()
+        return segment
 
     @classmethod
     def write(cls, root: Path, name: str, vectors: VectorIndex, texts: Iterable[tuple[int, str, str]]) -> Segment:
         """The segment `name` holding `vectors` and BM25 over `texts` ((chunk id, title, passage) of
         the same chunks), built aside and renamed into place when complete."""
-        built = []
+        chunk_ids = []
 
         def fill(folder: Path) -> None:
             vectors.save(folder / VECTORS_FILE)
-            built.append(LexicalIndex.build(texts))
-            built[0].save(folder / BM25_FOLDER)
+            lexical = LexicalIndex.build(texts)
+            lexical.save(folder / BM25_FOLDER)
+            chunk_ids.append(lexical.chunk_ids)
 
-        segment = cls(build_folder(root, name, fill), SegmentInfo(name, vectors.kind, vectors.ntotal), vectors)
-        segment._lexical = built[0]
-        return segment
+        return cls(build_folder(root, name, fill), SegmentInfo(name, vectors.kind, vectors.ntotal), vectors.dimension,
+                   chunk_ids[0])
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """Its FAISS index (a segment this process wrote: read on first use; VectorIndexError once a merge
+        retired it)."""
+        if self._vectors is None:
+            self._vectors = self.read_vectors()
+        return self._vectors
+
+    def read_vectors(self) -> VectorIndex:
+        """Its FAISS index, not kept unless it is already: a merge reads its parts one at a time."""
+        if self._vectors is not None:
+            return self._vectors
+        return VectorIndex.load(self.directory / VECTORS_FILE, self.info.kind, self.dimension, self.info.chunks)
 
     @property
     def lexical(self) -> LexicalIndex:
@@ -85,7 +112,9 @@ class Segment:
 
     @property
     def chunk_ids(self) -> np.ndarray:
-        return self.lexical.chunk_ids
+        if self._chunk_ids is None:
+            self._chunk_ids = self.lexical.chunk_ids
+        return self._chunk_ids
 
 
 def build_folder(root: Path, name: str, fill: Callable[[Path], None]) -> Path:
@@ -108,9 +137,11 @@ def build_folder(root: Path, name: str, fill: Callable[[Path], None]) -> Path:
     return parent / name
 
 
-def merge_plan(segments: list[Segment], tombstones: np.ndarray, index_type: str) -> list[list[Segment]]:
+def merge_plan(segments: list[Segment], tombstones: np.ndarray, index_type: str, dimension: int
+               ) -> list[list[Segment]]:
     """The groups of segments to merge now, each into one segment (a group of one whose chunks are
-    all deleted is dropped)."""
+    all deleted is dropped). A full tier merges its smallest segments, as many as make at most
+    MAX_MERGED_BYTES of float32 vectors (flat and hnsw: a merge holds its result in memory)."""
     live = {s.info.name: s.info.chunks - int(np.isin(s.chunk_ids, tombstones).sum()) for s in segments}
     if index_type == "ivfpq" and not any(s.info.kind == "ivfpq" for s in segments):
         # the quantizer trains once the index holds enough chunks, on all of them
@@ -123,7 +154,18 @@ def merge_plan(segments: list[Segment], tombstones: np.ndarray, index_type: str)
         else:
             tier = int(math.log(max(count, MERGE_FLOOR) / MERGE_FLOOR, SEGMENTS_PER_TIER))
             tiers.setdefault(tier, []).append(segment)
-    plan += [group for group in tiers.values() if len(group) >= SEGMENTS_PER_TIER]
+    most = math.inf if index_type == "ivfpq" else MAX_MERGED_BYTES // (4 * dimension)
+    for tier in tiers.values():
+        if len(tier) < SEGMENTS_PER_TIER:
+            continue
+        group, total = [], 0
+        for segment in sorted(tier, key=lambda s: live[s.info.name])[:SEGMENTS_PER_TIER]:
+            if total + live[segment.info.name] > most:
+                break
+            group.append(segment)
+            total += live[segment.info.name]
+        if len(group) > 1:
+            plan.append(group)
     return plan
 
 

@@ -18,6 +18,7 @@ faiss-gpu and CUDA, flat and ivfpq indexes search and add on the GPU; they alway
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import faiss
@@ -117,12 +118,21 @@ class VectorIndex:
         return faiss.vector_to_array(index.id_map).astype(np.int64), _inner(index).reconstruct_n(0, index.ntotal)
 
     @classmethod
-    def merge(cls, kind: str, dimension: int, parts: list[VectorIndex], dropped: np.ndarray) -> VectorIndex:
-        """One index of `kind` holding the parts' vectors less the `dropped` ids. Trained ivfpq parts
-        share their training and are merged code by code; flat parts are added (an ivfpq index
-        without a trained part trains on all of them)."""
+    def merge(cls, kind: str, dimension: int, parts: Iterable[VectorIndex], dropped: np.ndarray) -> VectorIndex:
+        """One index of `kind` holding the parts' vectors less the `dropped` ids. Flat and hnsw parts
+        are added one at a time (`parts` may read each as it comes: a merge holds its result and one
+        part). Trained ivfpq parts share their training and are merged code by code; flat parts are
+        added (an ivfpq index without a trained part trains on all of them)."""
+        if kind != "ivfpq":
+            result = cls.new(kind, dimension)
+            for part in parts:
+                ids, vectors = part.ids_and_vectors()
+                keep = ~np.isin(ids, dropped)
+                result.add(ids[keep], vectors[keep])
+            return result
+        parts = list(parts)
         trained = [part for part in parts if part.kind == "ivfpq"]
-        if kind == "ivfpq" and trained:
+        if trained:
             result = cls.empty_like(trained[0])
             for part in parts:
                 if part.kind == "ivfpq":
@@ -132,7 +142,7 @@ class VectorIndex:
             result.index.remove_ids(np.asarray(dropped, dtype=np.int64))
             result.index = _maybe_gpu(result.index, kind)
             return result
-        pairs = [part.ids_and_vectors() for part in parts]
+        pairs = [part.ids_and_vectors() for part in parts]  # the first training: on all of them
         ids = np.concatenate([p[0] for p in pairs])
         vectors = np.concatenate([p[1] for p in pairs])
         keep = ~np.isin(ids, dropped)

@@ -18,7 +18,7 @@ import pytest
 
 from retriever import Retriever
 from retriever.lexical import LexicalIndex, tokenize
-from retriever.segment import SEGMENTS_PER_TIER, search_lexical
+from retriever.segment import MAX_MERGED_BYTES, SEGMENTS_PER_TIER, Segment, SegmentInfo, merge_plan, search_lexical
 from tests.conftest import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,3 +221,21 @@ def test_scifact_bm25_through_an_index_of_six_segments(st_model_dir, tmp_path):
     segmented = evaluate(dataset.qrels, run)["ndcg_at_10"]
     single = evaluate(dataset.qrels, bm25_run(dataset))["ndcg_at_10"]
     assert segmented >= 0.68 and abs(segmented - single) < 1e-3, (segmented, single)
+
+
+def test_merges_write_at_most_max_merged_bytes_of_vectors(tmp_path):
+    """A full tier merges its smallest segments up to MAX_MERGED_BYTES of float32 vectors, so a writer
+    holds that much at most, whatever the index's size; ivfpq codes are small and merge whole."""
+    size = 10_000
+    segments = [Segment(tmp_path / f"s{i}", SegmentInfo(f"s{i}", "flat", size), 256,
+                        np.arange(i * size, (i + 1) * size)) for i in range(SEGMENTS_PER_TIER)]
+    none_deleted = np.zeros(0, np.int64)
+    for dimension in (256, 768):
+        plan = merge_plan(segments, none_deleted, "flat", dimension)
+        fits = MAX_MERGED_BYTES // (4 * dimension) // size
+        assert [len(group) for group in plan] == [fits] and 1 < fits < SEGMENTS_PER_TIER
+    assert [len(group) for group in merge_plan(segments, none_deleted, "ivfpq", 256)] == [SEGMENTS_PER_TIER]
+    # deleted chunks do not count: a half-deleted tier of the same segments merges in one
+    deleted = np.concatenate([s.chunk_ids[: size // 2 - 1] for s in segments])
+    half = merge_plan(segments, deleted, "flat", 256)
+    assert [len(group) for group in half] == [SEGMENTS_PER_TIER]
