@@ -115,3 +115,16 @@ def test_readme_first_command_indexes_and_searches_with_the_shipped_model(tmp_pa
         outputs.append(result.stdout + result.stderr)
     assert "2 added" in " ".join(outputs[0].split())
     assert "README.md" in outputs[1] and "rank" in outputs[1]
+
+
+def test_gpu_check_runs_on_cpu_with_quick_shapes():
+    """`retriever bench gpu-check` is for a GPU machine; on CPU with --quick the same code runs: every case's
+    bfloat16 parity with transformers and the contrastive steps."""
+    result = subprocess.run([sys.executable, "-m", "evals.bench", "gpu-check", "--device", "cpu", "--quick", "--json"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [r["set"] for r in report["encoder"]] == ["long fixed", "short fixed", "long variable", "short variable"]
+    assert all(r["parity_ok"] and r["ours_tokens_per_s"] > 0 for r in report["encoder"])
+    assert report["contrastive"]["steps"] == 3 and report["contrastive"]["device"] == "cpu"
+    assert report["all_ok"]

@@ -18,7 +18,8 @@ TARGET_RATIO = 1.10
 
 
 def long_texts(abstracts: list[str], tokenizer, lengths: list[int]) -> list[str]:
-    """Abstracts joined (cycling through the corpus) until each text holds at least its length in tokens."""
+    """Abstracts joined (cycling through the corpus) and cut to each length in tokens, the special tokens
+    included: a text of the model's length is one window, as late chunking reads it."""
     texts, i = [], 0
     for target in lengths:
         parts, tokens = [], 0
@@ -26,7 +27,9 @@ def long_texts(abstracts: list[str], tokenizer, lengths: list[int]) -> list[str]
             parts.append(abstracts[i % len(abstracts)])
             tokens += len(tokenizer.encode(parts[-1], add_special_tokens=False).ids)
             i += 1
-        texts.append("\n\n".join(parts))
+        text = "\n\n".join(parts)
+        offsets = tokenizer.encode(text, add_special_tokens=False).offsets
+        texts.append(text[:offsets[target - 3][1]])  # room for [CLS] and [SEP], and a token the cut may split
     return texts
 
 

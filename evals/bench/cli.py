@@ -364,3 +364,32 @@ def ray_command(
     Console().print(f"local Ray cluster started in {report['cluster_start_s']:.1f} s (not in the Ray cases' times); "
                     "each Ray case includes starting its actors and loading the model in each")
 
+
+@app.command("gpu-check")
+def gpu_check_command(
+    device: str = typer.Option("cuda", metavar="cuda|cpu", help="Device to check (cpu: with --quick, in a test)."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny shapes (2 layers, short texts): the same code on a CPU."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """The GPU path in one run, within 10 minutes: bfloat16 parity and speed at the paper's shapes (flash-attn
+    when installed, then SDPA's sliding window), and contrastive training steps (see evals/bench/gpu_check.py)."""
+    from evals.bench.gpu_check import run
+
+    with console.status("") as status:
+        report = run(device, quick, status.update)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"gpu check, {device}{' (quick shapes)' if quick else ''}, bfloat16, {report['seconds']} s")
+    for column in ("set", "shape", "backend", "tokens", "ours tokens/s", "transformers tokens/s", "speedup",
+                   "paper RTX 4090", "max |diff|", "parity"):
+        table.add_column(column, justify="right")
+    for r in report["encoder"]:
+        paper = r["paper_rtx4090_tokens_per_s"]
+        table.add_row(r["set"], r["shape"], r["attn_backend"], f"{r['tokens']:,}", f"{r['ours_tokens_per_s']:,.0f}",
+                      f"{r['reference_tokens_per_s']:,.0f}", f"{r['speedup']:.2f}x", f"{paper:,}" if paper else "",
+                      f"{r['max_abs_diff']:.3f}", "ok" if r["parity_ok"] else "FAILED")
+    Console(width=160).print(table)
+    c = report["contrastive"]
+    Console().print(f"contrastive: {c['steps']} steps of {c['batch_size']} pairs on {c['device']} in {c['seconds']} s; "
+                    f"all checks passed: {report['all_ok']}")
