@@ -35,7 +35,7 @@ def read_corpus(path: Path) -> dict[str, Document]:
     if not path.is_file():
         raise BeirFormatError(f"{path}: not found")
     corpus: dict[str, Document] = {}
-    for line_number, item in read_jsonl(path, path.read_text(encoding="utf-8"), str(path.resolve())):
+    for line_number, item in read_jsonl(path, str(path.resolve())):
         if isinstance(item, Problem):
             raise BeirFormatError(str(item))
         if item.id in corpus:

@@ -18,6 +18,9 @@ from __future__ import annotations
 import hashlib
 import html.parser
 import json
+import os
+import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,9 +62,40 @@ class CorpusError(ValueError):
     """A path given does not exist."""
 
 
+class SpilledDocuments:
+    """A corpus's documents on disk: each written once, as it is read from its file, to a temporary JSON
+    Lines file, and read back from there whenever they are iterated (by several readers at once if need
+    be). So a corpus of any size costs its count in memory, and no file is parsed twice."""
+
+    def __init__(self):
+        self._file = tempfile.NamedTemporaryFile(prefix="retriever-corpus-", suffix=".jsonl", delete=False)
+        self._count = 0
+        weakref.finalize(self, _remove, self._file)
+
+    def append(self, document: Document) -> None:
+        row = [document.id, document.text, document.title, document.source, document.metadata]
+        self._file.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Document]:
+        self._file.flush()
+        with open(self._file.name, "rb") as spilled:
+            for line in spilled:
+                doc_id, text, title, source, metadata = json.loads(line)
+                yield Document(doc_id, text, title, source, metadata)
+
+
+def _remove(file) -> None:
+    file.close()
+    os.unlink(file.name)
+
+
 @dataclass
 class Corpus:
-    documents: list[Document]
+    documents: SpilledDocuments | list[Document]  # iterated more than once: a re-iterable
     problems: list[Problem]
     roots: list[str]  # the files and folders given, absolute: what a re-index may delete from
     ignored: list[str] = field(default_factory=list)  # files of other types inside the folders given
@@ -92,20 +126,34 @@ def embedding_input(document: Document) -> str:
 
 
 def read_corpus(paths: list[str | Path]) -> Corpus:
-    """All documents under `paths` (possibly none), with every skipped file or row listed, ids unique."""
-    documents: list[Document] = []
+    """All documents under `paths` (possibly none), with every skipped file or row listed, ids unique:
+    the first document of each id is kept, a later one is a problem naming both places, and a page
+    reached twice (a folder and a file in it, both given) is read once. The documents are spilled to
+    disk as they are read (`SpilledDocuments`)."""
+    documents = SpilledDocuments()
     problems: list[Problem] = []
     roots: list[str] = []
     ignored: list[str] = []
+    first_source: dict[str, str] = {}  # id -> where it was first read
+    pages: set[str] = set()
     for given in paths:
         path = Path(given).expanduser()
         if not path.exists():
             raise CorpusError(f"{given}: no such file or folder")
         roots.append(str(path.resolve()))
         for file, doc_id_base in _files(path, ignored):
+            if str(file.resolve()) in pages:
+                continue
             for item in _read_file(file, doc_id_base):
-                (problems if isinstance(item, Problem) else documents).append(item)
-    documents = _unique(documents, problems)
+                if isinstance(item, Problem):
+                    problems.append(item)
+                elif item.id in first_source:
+                    problems.append(Problem(item.source, f"duplicate id {item.id!r} (first in "
+                                                         f"{first_source[item.id]}); skipped"))
+                else:
+                    first_source[item.id] = item.source
+                    pages.update([item.source] if is_page(item) else [])
+                    documents.append(item)
     return Corpus(documents, problems, roots, ignored)
 
 
@@ -135,18 +183,22 @@ def _read_file(file: Path, doc_id: str) -> Iterator[Document | Problem]:
                                  f"{', '.join(sorted(READERS))}")
         return
     try:
-        data = file.read_bytes()
+        yield from READERS[suffix](file, doc_id, str(file.resolve()))
     except OSError as e:
         yield Problem(str(file), f"cannot read: {e.strerror or e}")
-        return
-    yield from READERS[suffix](file, data, doc_id, str(file.resolve()))
 
 
-# ---- the readers: (file, its bytes, id of a plain document, source) -> documents and problems ----
+def _is_binary(file: Path) -> bool:
+    with file.open("rb") as f:
+        return b"\0" in f.read(_SNIFF_BYTES)
+
+
+# ---- the readers: (file, id of a plain document, source) -> documents and problems ----
 
 def _text_reader(read_text):
     """A reader of a text format: binary files and invalid UTF-8 are problems, the rest is decoded."""
-    def read(file: Path, data: bytes, doc_id: str, source: str) -> Iterator[Document | Problem]:
+    def read(file: Path, doc_id: str, source: str) -> Iterator[Document | Problem]:
+        data = file.read_bytes()
         if b"\0" in data[:_SNIFF_BYTES]:
             yield Problem(str(file), "binary file, not text")
             return
@@ -187,21 +239,31 @@ def _rst_title(text: str) -> tuple[str, str]:
     return (lines[0].strip() if underlined else ""), text
 
 
-def read_jsonl(file: Path, text: str, source: str) -> Iterator[tuple[int, Document | Problem]]:
-    """(line number, document or problem) for each non-blank line of a JSON Lines file."""
-    for line_number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield line_number, Problem(str(file), f"invalid JSON ({e.msg})", line_number)
-            continue
-        yield line_number, _row_document(row, file, line_number, source)
+def read_jsonl(file: Path, source: str) -> Iterator[tuple[int, Document | Problem]]:
+    """(line number, document or problem) for each non-blank line of a JSON Lines file, read a line at
+    a time (a file of any size costs one line in memory)."""
+    if _is_binary(file):
+        yield 1, Problem(str(file), "binary file, not text")
+        return
+    with file.open("rb") as lines:
+        for line_number, raw in enumerate(lines, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield line_number, Problem(str(file), f"not valid UTF-8 (byte {e.start} of the line)", line_number)
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield line_number, Problem(str(file), f"invalid JSON ({e.msg})", line_number)
+                continue
+            yield line_number, _row_document(row, file, line_number, source)
 
 
-def _read_jsonl(file: Path, text: str, doc_id: str, source: str) -> Iterator[Document | Problem]:
-    for _, item in read_jsonl(file, text, source):
+def _read_jsonl(file: Path, doc_id: str, source: str) -> Iterator[Document | Problem]:
+    for _, item in read_jsonl(file, source):
         yield item
 
 
@@ -223,8 +285,8 @@ def _read_json(file: Path, text: str, doc_id: str, source: str) -> Iterator[Docu
 
 def _table_reader(kind: str):
     """A reader of a table format through `datasets` (csv: rows numbered as lines, after the header)."""
-    def read(file: Path, data: bytes, doc_id: str, source: str) -> Iterator[Document | Problem]:
-        if kind == "csv" and b"\0" in data[:_SNIFF_BYTES]:
+    def read(file: Path, doc_id: str, source: str) -> Iterator[Document | Problem]:
+        if kind == "csv" and _is_binary(file):
             yield Problem(str(file), "binary file, not text")
             return
         import datasets
@@ -273,22 +335,6 @@ def _json_safe(metadata: dict, where: str) -> dict:
         return json.loads(json.dumps(metadata, default=str))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: metadata is not JSON-serialisable ({e})") from None
-
-
-def _unique(documents: list[Document], problems: list[Problem]) -> list[Document]:
-    """The first document of each id; later duplicates become problems naming both places. A page
-    reached twice (a folder and a file in it, both given) is read once."""
-    first: dict[str, Document] = {}
-    pages: set[str] = set()
-    for doc in documents:
-        if is_page(doc) and doc.source in pages:
-            continue
-        pages.update([doc.source] if is_page(doc) else [])
-        if doc.id in first:
-            problems.append(Problem(doc.source, f"duplicate id {doc.id!r} (first in {first[doc.id].source}); skipped"))
-        else:
-            first[doc.id] = doc
-    return list(first.values())
 
 
 class _HTMLText(html.parser.HTMLParser):
@@ -358,7 +404,7 @@ PAGES = {
     ".html": _html, ".htm": _html,
 }
 RECORDS = {
-    ".jsonl": _text_reader(_read_jsonl), ".json": _text_reader(_read_json),
+    ".jsonl": _read_jsonl, ".json": _text_reader(_read_json),
     ".csv": _table_reader("csv"), ".parquet": _table_reader("parquet"),
 }
 READERS = {**PAGES, **RECORDS}

@@ -25,6 +25,7 @@ manifest is the commit point, so an interrupted upgrade leaves the format 1 inde
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import threading
 import time
@@ -58,6 +59,7 @@ SEARCH_MODES = ("dense", "lexical", "hybrid")
 # (the default model's card).
 DEFAULT_MODE = "hybrid"
 FILTER_CACHE = 64
+DIFF_BATCH = 10_000  # documents whose stored hashes one lookup fetches
 MERGE_ROUNDS = 8  # merges after one write: a cascade through the tiers ends well before
 STORE = "store.sqlite"
 
@@ -122,6 +124,19 @@ class EmbeddingEngine(Protocol):
               progress: TokenProgress) -> Iterable[Embedded]:
         """`documents` embedded as the retriever's own model would embed them, in batches of at most
         `per_commit` documents, each document once, in any order; `progress` advanced by tokens."""
+
+
+class _Renamed:
+    """Documents read with some pages' ids replaced (page source -> id), re-iterable as they are."""
+
+    def __init__(self, documents: Iterable[Document], ids: dict[str, str]):
+        self.documents, self.ids = documents, ids
+
+    def __iter__(self) -> Iterator[Document]:
+        for document in self.documents:
+            if document.source in self.ids and is_page(document):
+                document.id = self.ids[document.source]
+            yield document
 
 
 class Retriever:
@@ -266,14 +281,16 @@ class Retriever:
         for doc_id, source in indexed.items():
             ids_of.setdefault(source, []).append(doc_id)
         taken = {d.id for d in corpus.documents}
+        renamed: dict[str, tuple[str, str]] = {}  # page's source -> (id read, id it keeps)
         for document in corpus.documents:
             ids = ids_of.get(document.source, [])
             if is_page(document) and len(ids) == 1 and ids[0] != document.id and ids[0] not in taken:
-                document.id = ids[0]
-        seen = {d.id for d in corpus.documents}
+                renamed[document.source] = (document.id, ids[0])
+        seen = taken - {read for read, _ in renamed.values()} | {kept for _, kept in renamed.values()}
         unreadable = {str(Path(problem.path).resolve()) for problem in corpus.problems}
         vanished = [doc_id for doc_id, source in indexed.items() if doc_id not in seen and source not in unreadable]
-        report = self._update(corpus.documents, vanished, show_progress, wait, commit_every, engine)
+        documents = _Renamed(corpus.documents, {source: kept for source, (_, kept) in renamed.items()})
+        report = self._update(documents, vanished, show_progress, wait, commit_every, engine)
         report.kept = sorted(doc_id for doc_id, source in indexed.items()
                              if doc_id not in seen and source in unreadable)
         return report
@@ -324,31 +341,38 @@ class Retriever:
             finally:
                 store.close()
 
-    def _reload_and_diff(self, documents: list[Document], deletions: list[str]) -> UpdateReport:
-        """What `documents` and `deletions` change in the commit served (under the lock: the latest)."""
-        with self._lock:
-            hashes = self.store.hashes([d.id for d in documents] + deletions)
+    def _reload_and_diff(self, documents: Iterable[Document], deletions: list[str]) -> UpdateReport:
+        """What `documents` and `deletions` change in the commit served (under the lock: the latest),
+        looked up DIFF_BATCH documents at a time: what it holds is ids, never texts."""
         report = UpdateReport()
-        report.added = [d.id for d in documents if d.id not in hashes]
-        report.updated = [d.id for d in documents if d.id in hashes and hashes[d.id] != d.content_hash]
-        report.unchanged = len(documents) - len(report.added) - len(report.updated)
-        report.removed = [i for i in deletions if i in hashes]
+        documents = iter(documents)
+        while batch := [(d.id, d.content_hash) for d in itertools.islice(documents, DIFF_BATCH)]:
+            with self._lock:
+                hashes = self.store.hashes([doc_id for doc_id, _ in batch])
+            report.added += [doc_id for doc_id, _ in batch if doc_id not in hashes]
+            report.updated += [doc_id for doc_id, digest in batch if doc_id in hashes and hashes[doc_id] != digest]
+            report.unchanged += sum(hashes.get(doc_id) == digest for doc_id, digest in batch)
+        with self._lock:
+            held = self.store.hashes(deletions)
+        report.removed = [doc_id for doc_id in deletions if doc_id in held]
         return report
 
-    def _update(self, documents: list[Document], deletions: list[str], show_progress: bool,
+    def _update(self, documents: Iterable[Document], deletions: list[str], show_progress: bool,
                 wait: float, commit_every: int | None = None, engine: EmbeddingEngine | None = None) -> UpdateReport:
+        """`documents` (a list, or a corpus's spilled documents: iterated twice, once to diff, once to
+        embed what changed, `commit_every` at a time) added or replaced and `deletions` removed."""
         if commit_every is not None and commit_every < 1:
             raise ValueError(f"commit_every must be at least 1, got {commit_every}")
         started = time.perf_counter()
         with self._writing(wait) as store:
             report = self._reload_and_diff(documents, deletions)
             changing = set(report.added + report.updated)
-            changed = [d for d in documents if d.id in changing]
-            if changed or report.removed:
-                step = commit_every or max(len(changed), 1)
-                with TokenProgress(show_progress, "embedding", documents=len(changed)) as progress:
-                    if changed:
-                        batches = engine.embed(self, changed, step, progress) if engine \
+            if changing or report.removed:
+                step = commit_every or max(len(changing), 1)
+                with TokenProgress(show_progress, "embedding", documents=len(changing)) as progress:
+                    if changing:
+                        changed = (d for d in documents if d.id in changing)
+                        batches = engine.embed(self, list(changed), step, progress) if engine \
                             else self._embedded(changed, step, progress)
                         self._commit_batches(store, batches, report, progress)
                     else:
@@ -383,10 +407,10 @@ class Retriever:
             raise RetrieverError(f"no vectors came back for {len(missing)} of {len(changing)} documents "
                                  f"(e.g. {min(missing)!r}); those that did are committed: run again to embed the rest")
 
-    def _embedded(self, documents: list[Document], step: int, progress: TokenProgress) -> Iterator[Embedded]:
-        """`documents` embedded in this process, `step` at a time."""
-        for i in range(0, len(documents), step):
-            batch = documents[i:i + step]
+    def _embedded(self, documents: Iterable[Document], step: int, progress: TokenProgress) -> Iterator[Embedded]:
+        """`documents` embedded in this process, `step` at a time (read as they are embedded)."""
+        documents = iter(documents)
+        while batch := list(itertools.islice(documents, step)):
             yield batch, *self._embed(batch, progress)
 
     def _commit(self, store: Store, changed: list[Document], vectors: np.ndarray, passages: list[Passage],

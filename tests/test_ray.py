@@ -183,7 +183,7 @@ def test_a_killed_actor_is_restarted_and_every_document_lands_once(corpus_dir, s
 def test_an_interrupted_run_resumes_without_re_embedding(corpus_dir, st_model_dir, local_indexes, tmp_path):
     retriever = Retriever.create(tmp_path / "index", st_model_dir, max_length=MAX_LENGTH,
                                  chunking=Chunking("window", overlap=16))
-    documents = read_corpus([corpus_dir]).documents
+    documents = list(read_corpus([corpus_dir]).documents)
     with pytest.raises(Exception, match="injected failure"):
         retriever.sync(read_corpus([corpus_dir]), commit_every=2,
                        engine=RayEngine(actors=1, batch_docs=2,

@@ -411,6 +411,22 @@ def test_beir_folder_reads_only_its_corpus(tmp_path):
     assert [d.id for d in read_corpus([tmp_path]).documents] == ["1"]
 
 
+def test_read_corpus_spills_documents_and_reads_jsonl_a_line_at_a_time(tmp_path):
+    """A corpus holds its documents on disk, not in memory: iterating them twice (as sync does: once to
+    diff, once to embed) gives the same documents; a JSON Lines file is read a line at a time, so a bad
+    line is a problem of that line and the others load."""
+    rows = [json.dumps({"id": f"d{i}", "text": f"text {i}", "team": "ops" if i % 2 else "dev"}).encode()
+            for i in range(5)]
+    rows[2] = b'{"id": "d2", "text": "caf\xe9"}'
+    (tmp_path / "docs.jsonl").write_bytes(b"\n".join(rows) + b"\n")
+    corpus = read_corpus([tmp_path])
+    assert not isinstance(corpus.documents, list) and len(corpus.documents) == 4
+    first, second = list(corpus.documents), list(corpus.documents)
+    assert first == second and [d.id for d in first] == ["d0", "d1", "d3", "d4"]
+    assert first[1].metadata == {"team": "ops"} and first[1].source == str((tmp_path / "docs.jsonl").resolve())
+    assert [str(p) for p in corpus.problems] == [f"{tmp_path / 'docs.jsonl'}:3: not valid UTF-8 (byte 25 of the line)"]
+
+
 # ---- the CLI -----------------------------------------------------------------------------------
 
 def cli(*args: str):
