@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import time
@@ -344,14 +345,21 @@ def search(
 
 
 def snippet(passage: str, query: str, width: int = SNIPPET_CHARS) -> str:
-    """Up to `width` characters of the passage, around the first query word found in it."""
+    """Up to `width` characters of the passage: the stretch holding the most distinct query words (a long
+    window's answer is rarely at its start), from a little before the first of them."""
     text = " ".join(passage.split())
     if len(text) <= width:
         return text
-    words = [w for w in re.findall(r"\w{3,}", query.lower())]
-    found = [i for i in (text.lower().find(w) for w in words) if i >= 0]
-    start = max(0, min(found, default=0) - width // 4)
-    start = text.rfind(" ", 0, start) + 1 if start else 0
+    lowered = text.lower()
+    found = [[m.start() for m in re.finditer(rf"\b{re.escape(w)}", lowered)]
+             for w in set(re.findall(r"\w{3,}", query.lower()))]
+
+    def held(first: int) -> int:  # distinct query words in text[first: first + width]
+        return sum(bisect.bisect_left(at, first) < bisect.bisect_left(at, first + width) for at in found)
+
+    starts = sorted({max(0, place - width // 4) for at in found for place in at})
+    start = max(starts, key=held, default=0)  # the first of the best
+    start = lowered.rfind(" ", 0, start) + 1 if start else 0
     cut = text[start: start + width]
     return ("..." if start else "") + cut + ("..." if start + width < len(text) else "")
 

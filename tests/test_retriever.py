@@ -427,6 +427,17 @@ def test_read_corpus_spills_documents_and_reads_jsonl_a_line_at_a_time(tmp_path)
     assert [str(p) for p in corpus.problems] == [f"{tmp_path / 'docs.jsonl'}:3: not valid UTF-8 (byte 25 of the line)"]
 
 
+def test_snippet_shows_the_stretch_with_the_most_query_words():
+    """A long window's snippet is where the query's words are together, not its first mention of one."""
+    from retriever.cli import snippet
+
+    text = ("The tar command. " + "Filler about other things. " * 40 + "To extract a tar archive compressed with "
+            "gzip, run tar -xzf. " + "More filler. " * 30)
+    shown = snippet(text, "extract a gzip tar archive")
+    assert "extract a tar archive compressed with gzip" in shown and shown.startswith("...")
+    assert snippet(text, "no such words").startswith("The tar command.")
+
+
 # ---- the CLI -----------------------------------------------------------------------------------
 
 def cli(*args: str):
