@@ -10,10 +10,14 @@
 4. Contrastive (recipes/contrastive.py): MNRL with in-batch negatives on the pairs mix plus long
    pairs at up to 8192 tokens: manual pages for their NAME line, and Wikipedia articles rebuilt
    from their sections and placed among other articles, so that finding what a query asks inside
-   a long document is learnt.
+   a long document is learnt; optionally known-item pairs (`known_items`): a rare name from inside
+   a Wikipedia article, or its sentence, -> the article.
 5. Ship: the Dense projection folded into a square one with the same similarities (SVD:
    W = U S V^T, |Wx| = |S V^T x|), Normalize appended, max length 8192, saved in the standard
    sentence-transformers layout to `final_dir`.
+
+With `start_model` the student and its distillation are skipped: the contrastive stage continues
+training that model (an earlier version's, e.g. runs/v2/model).
 
 Each training stage runs for a time budget (`*_seconds`) or a fixed number of steps (`*_steps`);
 in time mode the learning rate warms up over the first 5% of the time and decays linearly to 0
@@ -29,7 +33,9 @@ import dataclasses
 import json
 import os
 import random
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +45,9 @@ from transformers import TrainerCallback
 from recipes.config import RecipeConfig, option
 
 TOKENS_PER_CHAR = 0.25  # English text through WordPiece, about 4 characters a token
+# A name: capitalised words, possibly joined by a lower-case particle ("Battle of Wagram", "Ruud van Nistelrooy")
+NAME = re.compile(r"\b[A-Z][\w'-]+(?: (?:(?:of|de|da|del|du|la|le|van|von|der) )?[A-Z][\w'-]+)*")
+WORD = re.compile(r"[a-z]{4,}")  # the words rarity is judged on: shorter ones are particles and initials
 
 
 @dataclass
@@ -71,6 +80,11 @@ class DefaultModelConfig(RecipeConfig):
     contrastive_batch_size: int = option(128, "Pairs per contrastive step (in-batch negatives).")
     contrastive_lr: float = option(3e-4, "Peak contrastive learning rate.")
     long_wikipedia: int = option(3000, "Long Wikipedia documents (an article among others) in the pairs.")
+    known_items: int = option(0, "Known-item pairs in the contrastive mix: a rare name from inside a Wikipedia "
+                                 "article (once in it, in no other article, not in its title), or the sentence "
+                                 "holding it, -> the article. 0: none.")
+    start_model: str = option("", "Skip the student and its distillation: the contrastive stage continues training "
+                                  "this model (sentence-transformers folder, e.g. an earlier version's).")
     dataloader_workers: int = option(-1, "Processes that tokenize batches; -1: min(8, CPUs - 1). Measured on an "
                                          "H200: tokenizing a contrastive batch took 4x its forward and backward.")
     max_texts: int = option(0, "Cap on distillation texts and on short pairs (0: all); for smoke tests.")
@@ -209,12 +223,9 @@ def distillation_texts(pairs: list[dict], raw: list[str]) -> list[str]:
     return list(dict.fromkeys([p["query"] for p in pairs] + [p["positive"] for p in pairs] + raw))
 
 
-def long_pairs(pairs: list[dict], man: list[dict], count: int, max_length: int,
-               rng: random.Random) -> list[dict]:
-    """Manual page pairs, and Wikipedia articles rebuilt from their sections, each placed at a random
-    spot among other articles up to a random length (1k tokens to max_length), asked for by its
-    title or one of its section queries."""
-    result = [{"query": m["query"], "positive": m["text"]} for m in man]
+def wikipedia_articles(pairs: list[dict]) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """The pairs of each Wikipedia article (`group`), and the article rebuilt from them: its title,
+    then the lead and each section under its heading."""
     articles: dict[str, list[dict]] = {}
     for pair in pairs:
         if pair.get("group"):
@@ -222,6 +233,16 @@ def long_pairs(pairs: list[dict], man: list[dict], count: int, max_length: int,
     texts = {title: title + "\n" + "\n\n".join(
         (p["query"].split(": ", 1)[1] + "\n" if ": " in p["query"] else "") + p["positive"] for p in rows)
         for title, rows in articles.items()}
+    return articles, texts
+
+
+def long_pairs(pairs: list[dict], man: list[dict], count: int, max_length: int,
+               rng: random.Random) -> list[dict]:
+    """Manual page pairs, and Wikipedia articles rebuilt from their sections, each placed at a random
+    spot among other articles up to a random length (1k tokens to max_length), asked for by its
+    title or one of its section queries."""
+    result = [{"query": m["query"], "positive": m["text"]} for m in man]
+    articles, texts = wikipedia_articles(pairs)
     titles = sorted(texts)
     for title in rng.sample(titles, min(count, len(titles))):
         budget = rng.randint(1024, max_length) / TOKENS_PER_CHAR
@@ -234,6 +255,45 @@ def long_pairs(pairs: list[dict], man: list[dict], count: int, max_length: int,
         rng.shuffle(parts)
         query = rng.choice(articles[title])["query"]
         result.append({"query": query, "positive": "\n\n".join(parts)[: int(budget)]})
+    return result
+
+
+def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random.Random) -> list[dict]:
+    """Known-item searches: a name from inside a Wikipedia article, or the sentence that holds it (one
+    query in two), -> the article, cut to max_length. The name occurs once in the article, shares no
+    word with its title and holds a word that no other article has, so neither the title nor the
+    topic gives the article away: only the rare string itself does, as when a search names someone a
+    long document mentions once. Articles take turns: each gives one name before any gives a second."""
+    if not count:
+        return []  # drawing nothing keeps rng, and so every later shuffle, as runs without these pairs had it
+    _, texts = wikipedia_articles(pairs)
+    limit = int(max_length / TOKENS_PER_CHAR)
+    texts = {title: text[:limit] for title, text in texts.items()}
+    frequency = Counter(word for text in texts.values() for word in set(WORD.findall(text.lower())))
+    titles = sorted(texts)
+    rng.shuffle(titles)
+    ranked = []
+    for title in titles:
+        text, title_words = texts[title], set(WORD.findall(title.lower()))
+        lower = text.lower()
+        found = []
+        for match in NAME.finditer(text, len(title) + 1):  # from inside the article: after its title line
+            words = WORD.findall(match.group().lower())
+            # a word of it that occurs once in the article (and in no other) makes the name occur once too
+            if not title_words & set(words) and any(frequency[word] == 1 and lower.count(word) == 1 for word in words):
+                found.append(match)
+        rng.shuffle(found)
+        ranked += [(turn, title, match) for turn, match in enumerate(found)]
+    ranked.sort(key=lambda item: item[0])  # stable: the shuffled article order within each turn
+    result = []
+    for _, title, match in ranked[:count]:
+        text = texts[title]
+        query = match.group()
+        if rng.random() < 0.5:
+            start = max(text.rfind(". ", 0, match.start()) + 2, text.rfind("\n", 0, match.start()) + 1)
+            ends = [i + 1 for i in (text.find(". ", match.end()), text.find("\n", match.end())) if i >= 0]
+            query = text[start: min(ends, default=len(text))].strip()
+        result.append({"query": query, "positive": text})
     return result
 
 
@@ -258,7 +318,8 @@ def ship(model, config: DefaultModelConfig, summary: dict) -> Path:
     from sentence_transformers.sentence_transformer.modules import Normalize
 
     fold_projection(model)
-    model.append(Normalize())
+    if not isinstance(model[len(model) - 1], Normalize):  # a start_model run trains a shipped model, normalised
+        model.append(Normalize())
     model.max_seq_length = config.max_length
     model.tokenizer.model_max_length = config.max_length
     model.to("cpu").float()
@@ -304,33 +365,41 @@ def train_default_model(config: DefaultModelConfig) -> Path:
     rng = random.Random(config.seed)
     if config.max_texts:
         pairs, man, raw = rng.sample(pairs, min(config.max_texts, len(pairs))), man[:10], raw[: config.max_texts]
-    teacher = teacher_path(config)
     summary: dict = {"config": dataclasses.asdict(config),
                      "data": json.loads((data_dir / "manifest.json").read_text()),
                      "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
-    started = time.perf_counter()
-    student = init_student(config, teacher, out / "init")
-    texts = distillation_texts(pairs, raw)
-    rng.shuffle(texts)  # the layers loss reads a fraction of an epoch on a CPU: a mix of every source
-    keys, clock = stage_arguments(config.distill_seconds, config.distill_steps, config.distill_lr)
-    distill = DistillConfig(student=str(student), teacher=teacher, output_dir=str(out / "distill"),
-                            loss=config.distill_loss, teacher_layers=config.teacher_layers, max_length=256,
-                            batch_size=config.distill_batch_size, lr=config.distill_lr, seed=config.seed,
-                            dataloader_workers=workers, save_steps=config.save_steps, **keys)
-    if not _stage_done(distill.output_dir, config):
-        train_distill(distill, texts, callbacks=[clock])
-    summary["distill"] = {"texts": len(texts), "steps": clock.steps,
-                          "seconds": round(time.perf_counter() - started, 1)}
+    if config.start_model:
+        start = config.start_model
+        summary["distill"] = {"skipped": f"the contrastive stage starts from {start}"}
+    else:
+        started = time.perf_counter()
+        teacher = teacher_path(config)
+        student = init_student(config, teacher, out / "init")
+        texts = distillation_texts(pairs, raw)
+        rng.shuffle(texts)  # the layers loss reads a fraction of an epoch on a CPU: a mix of every source
+        keys, clock = stage_arguments(config.distill_seconds, config.distill_steps, config.distill_lr)
+        distill = DistillConfig(student=str(student), teacher=teacher, output_dir=str(out / "distill"),
+                                loss=config.distill_loss, teacher_layers=config.teacher_layers, max_length=256,
+                                batch_size=config.distill_batch_size, lr=config.distill_lr, seed=config.seed,
+                                dataloader_workers=workers, save_steps=config.save_steps, **keys)
+        if not _stage_done(distill.output_dir, config):
+            train_distill(distill, texts, callbacks=[clock])
+        summary["distill"] = {"texts": len(texts), "steps": clock.steps,
+                              "seconds": round(time.perf_counter() - started, 1)}
+        start = str(out / "distill" / "final")
     console.print(f"distillation: {summary['distill']}")
 
     started = time.perf_counter()
     train_pairs = [{"query": p["query"], "positive": p["positive"]} for p in pairs]
     train_pairs += long_pairs(pairs, man, config.long_wikipedia if not config.max_texts else 10,
                               config.max_length, rng)
+    known = known_item_pairs(pairs, config.known_items if not config.max_texts else min(config.known_items, 10),
+                             config.max_length, rng)
+    train_pairs += known
     rng.shuffle(train_pairs)
     keys, clock = stage_arguments(config.contrastive_seconds, config.contrastive_steps, config.contrastive_lr)
-    contrastive = ContrastiveConfig(model=str(out / "distill" / "final"), output_dir=str(out / "contrastive"),
+    contrastive = ContrastiveConfig(model=start, output_dir=str(out / "contrastive"),
                                     max_length=config.max_length, batch_size=config.contrastive_batch_size,
                                     lr=config.contrastive_lr, seed=config.seed, dataloader_workers=workers,
                                     save_steps=config.save_steps, **keys)
@@ -340,7 +409,7 @@ def train_default_model(config: DefaultModelConfig) -> Path:
         model = load_embedder(Path(contrastive.output_dir) / "final")
     else:
         model = train_contrastive(contrastive, train_pairs, callbacks=[clock])
-    summary["contrastive"] = {"pairs": len(train_pairs), "steps": clock.steps,
+    summary["contrastive"] = {"pairs": len(train_pairs), "known_items": len(known), "steps": clock.steps,
                               "seconds": round(time.perf_counter() - started, 1)}
     console.print(f"contrastive: {summary['contrastive']}")
     return ship(model, config, summary)

@@ -13,7 +13,7 @@ import torch
 
 from recipes.man_pages import is_held_out
 from recipes import default_data
-from recipes.default_model import StageClock, fold_projection, long_pairs
+from recipes.default_model import StageClock, fold_projection, known_item_pairs, long_pairs
 
 TRANSLATIONS = """Package: hello
 Description-md5: 0
@@ -78,6 +78,37 @@ def test_long_pairs_hide_the_article_among_others():
         title = row["query"].split(": ")[0]
         assert f"{title} lead text" in row["positive"]
         assert len(row["positive"]) <= 2048 * 4
+
+
+def test_known_items_ask_for_a_rare_name_inside_the_article():
+    def article(title, lead, history):
+        return [{"query": title, "positive": lead, "group": title},
+                {"query": f"{title}: History", "positive": history, "group": title}]
+
+    # Only Zorvath Kelling, Brannoch and Imra Duskwater qualify: Tolberg is in two articles, Quarry Office shares a
+    # word with its title, Pellor Vance is mentioned twice, History and Carts open sections of every article.
+    pairs = article("Granite quarry", "Granite quarry is a pit near Tolberg. It was opened by Zorvath Kelling in 1901.",
+                    "Carts took the stone to Tolberg for Brannoch. The Quarry Office kept the books.")
+    pairs += article("River Wend", "River Wend flows past Tolberg. Its mill belonged to Imra Duskwater.",
+                     "Carts crossed the river. The floods came each year.")
+    pairs += article("Old mill", "Pellor Vance built it. Pellor Vance sold it.", "Carts took the grain.")
+    sentences = {"Zorvath Kelling": "It was opened by Zorvath Kelling in 1901.",
+                 "Brannoch": "Carts took the stone to Tolberg for Brannoch.",
+                 "Imra Duskwater": "Its mill belonged to Imra Duskwater."}
+    result = known_item_pairs(pairs, count=10, max_length=8192, rng=random.Random(0))
+    names = [next(n for n in sentences if n in row["query"]) for row in result]
+    assert sorted(names) == sorted(sentences)
+    assert {row["query"] == sentences[name] for row, name in zip(result, names)} == {True, False}  # both forms
+    for row, name in zip(result, names):
+        assert row["query"] in (name, sentences[name])
+        assert row["positive"].count(name) == 1 and row["positive"].startswith(("Granite quarry\n", "River Wend\n"))
+    assert result[0]["positive"] != result[1]["positive"]  # each article gives one name before any gives two
+    for seed in range(5):
+        firsts = known_item_pairs(pairs, count=2, max_length=8192, rng=random.Random(seed))
+        assert {row["positive"].split("\n")[0] for row in firsts} == {"Granite quarry", "River Wend"}
+    rng = random.Random(0)
+    assert known_item_pairs(pairs, count=0, max_length=8192, rng=rng) == []
+    assert rng.random() == random.Random(0).random()  # no pairs asked for: the run's later shuffles are unchanged
 
 
 def test_fold_projection_keeps_similarities():

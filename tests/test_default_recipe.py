@@ -26,7 +26,9 @@ def _bundle(path: Path) -> Path:
     """Short pairs (some grouped as the sections of an article), manual pages and raw texts."""
     passages = make_corpus(60, 31)
     pairs = [{"query": " ".join(p.split()[:4]), "positive": p} for p in passages[:40]]
-    pairs += [{"query": f"article {i // 4}: section {i % 4}", "positive": p, "group": f"article {i // 4}"}
+    # each article names someone once, in its first section: a known item (every other word is lower-case)
+    pairs += [{"query": f"article {i // 4}: section {i % 4}", "group": f"article {i // 4}",
+               "positive": p + (f" Zorva{'abcde'[i // 4]}th" if i % 4 == 0 else "")}
               for i, p in enumerate(passages[40:])]
     man = [{"query": f"tool{i} - " + " ".join(p.split()[:3]), "text": p * 20, "name": f"tool{i}"}
            for i, p in enumerate(make_corpus(12, 32))]
@@ -74,3 +76,20 @@ def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path, student_
     vectors, _ = model.encode_documents(make_corpus(4, 34))
     assert vectors.shape == (4, 64), "a Dense 64 -> 96 of distillation is folded into a square map"
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+
+
+def test_recipe_continues_a_shipped_model_with_known_items(st_model_dir, tmp_path):
+    final = tmp_path / "final"
+    keys = dict(data_dir=_bundle(tmp_path / "data"), output_dir=tmp_path / "run", final_dir=final,
+                start_model=st_model_dir, known_items=100, max_length=1024, contrastive_steps=2,
+                contrastive_batch_size=8, dataloader_workers=1, max_texts=1000)
+    run = subprocess.run([sys.executable, "-c", RUN_WITHOUT_FAISS, "--set", *(f"{k}={v}" for k, v in keys.items())],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    summary = json.loads((final / "training_summary.json").read_text())
+    assert "skipped" in summary["distill"] and not (tmp_path / "run" / "distill").exists()
+    assert summary["contrastive"]["known_items"] == 5  # one name per article, however many are asked for
+    assert summary["contrastive"]["pairs"] == 60 + 10 + 5 + 5 and summary["contrastive"]["steps"] == 2
+    modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((final / "modules.json").read_text())]
+    assert modules == ["Transformer", "Pooling", "Normalize"], "the start model's Normalize, not a second one"
