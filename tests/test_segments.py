@@ -239,3 +239,17 @@ def test_merges_write_at_most_max_merged_bytes_of_vectors(tmp_path):
     deleted = np.concatenate([s.chunk_ids[: size // 2 - 1] for s in segments])
     half = merge_plan(segments, deleted, "flat", 256)
     assert [len(group) for group in half] == [SEGMENTS_PER_TIER]
+
+
+def test_writes_benchmark_runs_on_an_hnsw_index(tmp_path):
+    """A tiny shape of `python -m evals.bench writes`: both sizes built, written to and searched."""
+    result = subprocess.run([sys.executable, "-m", "evals.bench", "writes", "--sizes", "300,600", "--queries", "3",
+                             "--index-type", "hnsw", "--scifact", str(tmp_path / "absent"), "--json"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["index_type"] == "hnsw" and report["texts"] == "random words"
+    assert [r["chunks"] for r in report["results"]] == [300, 600]
+    largest = report["results"][-1]
+    assert largest["add_one_median_s"] > 0 and largest["add_1000_s"] > 0
+    assert 0 < largest["dense_p50_ms"] <= largest["dense_p99_ms"] and largest["filtered_p50_ms"] > 0

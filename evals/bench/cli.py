@@ -199,6 +199,7 @@ def writes_command(
     scifact: Path = typer.Option(SCIFACT, metavar="DIR",
                                  help="BEIR SciFact folder: its sentences are the texts (else random words)."),
     queries: int = typer.Option(200, metavar="N", help="Queries timed at the largest size."),
+    index_type: str = typer.Option("flat", metavar="flat|hnsw|ivfpq", help="FAISS index type of the indexes."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """What a 1-document and a 1,000-document write cost as the index grows, and search at the largest size
@@ -206,11 +207,11 @@ def writes_command(
     from evals.bench.writes import write_cost
 
     with console.status("") as status:
-        report = write_cost(model, [int(s) for s in sizes.split(",")], scifact, queries, status.update)
+        report = write_cost(model, [int(s) for s in sizes.split(",")], scifact, queries, status.update, index_type)
     if json_output:
         print(json.dumps(report, indent=2))
         return
-    table = Table(title=f"writes, model {model}, texts: {report['texts']}")
+    table = Table(title=f"writes, model {model}, {index_type} index, texts: {report['texts']}")
     for column in ("chunks", "build s", "add 1 doc s", "remove 1 s", "add 1,000 s", "segments", "warm p50 ms",
                    "p99 ms", "dense p50 ms", "1% filter p50 ms"):
         table.add_column(column, justify="right")

@@ -1,7 +1,7 @@
 """The index benchmarks (`retriever bench writes|memory|crash`): what a write costs as the index grows,
 search at a million chunks, the memory of `retriever index`, and kill -9 at random moments.
 
-(1) writes: indexes of 10k, 100k and 1M chunks (`--sizes`), built with `Retriever.add_embedded`
+(1) writes: indexes of 10k, 100k and 1M chunks (`--sizes`, of `--index-type`), built with `Retriever.add_embedded`
     in writes of up to 100k documents (random unit vectors of the model's dimension; texts: random
     sentences of SciFact's abstracts, real text for BM25), then at each size the median of
     `SMALL_WRITES` one-document writes and one 1,000-document write. The reference is the
@@ -51,7 +51,8 @@ def _unit(rng: np.random.Generator, count: int, dimension: int) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def write_cost(model_name: str, sizes: list[int], scifact: Path | None, queries: int, status) -> dict:
+def write_cost(model_name: str, sizes: list[int], scifact: Path | None, queries: int, status,
+               index_type: str = "flat") -> dict:
     from retriever import Retriever
 
     rng = np.random.default_rng(0)
@@ -60,7 +61,7 @@ def write_cost(model_name: str, sizes: list[int], scifact: Path | None, queries:
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for size in sorted(sizes):
-            index = Retriever.create(Path(workdir) / f"idx-{size}", model_name)
+            index = Retriever.create(Path(workdir) / f"idx-{size}", model_name, index_type=index_type)
             started = time.perf_counter()
             for start in range(0, size, BUILD_BATCH):
                 status(f"writes: building {size:,} ({start:,} written)")
@@ -79,7 +80,7 @@ def write_cost(model_name: str, sizes: list[int], scifact: Path | None, queries:
             results.append(row)
             index.close()
     smallest, largest = results[0], results[-1]
-    return {"texts": source, "results": results,
+    return {"texts": source, "index_type": index_type, "results": results,
             "add_one_largest_vs_smallest": largest["add_one_median_s"] / smallest["add_one_median_s"]}
 
 
