@@ -10,6 +10,8 @@ sequence boundary. Two backends:
     queries, and each block attends to its own block and its two neighbours (3 * window keys,
     an overlapping `unfold` view), masked to |i - j| <= window. Cost and memory are
     O(T * window); no T x T mask exists.
+    When no sequence is longer than window + 1 the band holds every pair: sliding layers then
+    run as global ones.
   * Global layers run SDPA on length buckets: sequences sorted by length and grouped so that
     each bucket wastes at most 1/8 of its rows on padding (more on CUDA where padding costs less
     than another kernel launch); a lone sequence runs unpadded.
@@ -102,9 +104,16 @@ class AttentionPlan:
         plan = cls(backend, cu_seqlens, max_seqlen, total, local_window)
         if backend == "sdpa":
             seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-            plan._build_blocks(seqlens)
+            if not plan.sliding_is_global:
+                plan._build_blocks(seqlens)
             plan._build_buckets(seqlens)
         return plan
+
+    @property
+    def sliding_is_global(self) -> bool:
+        """No sequence is longer than one window plus one: every |i - j| <= local_window, so sliding layers
+        attend as global ones do, without the blocks' 3 * window keys per query (queries, short passages)."""
+        return self.max_seqlen <= self.local_window + 1
 
     def _build_blocks(self, seqlens: list[int]) -> None:
         device = self.cu_seqlens.device
@@ -200,7 +209,7 @@ def varlen_attention(
             q, k, v, plan.cu_seqlens, plan.cu_seqlens, plan.max_seqlen, plan.max_seqlen,
             dropout_p=dropout_p, window_size=window,
         )
-    if is_global:
+    if is_global or plan.sliding_is_global:
         return _bucketed_global_attention(q, k, v, plan, dropout_p)
     return _blocked_local_attention(q, k, v, plan, dropout_p)
 

@@ -63,6 +63,19 @@ def test_sliding_layers_never_build_a_quadratic_mask():
     assert plan.buckets[0].key_mask is None and plan.buckets[0].length == 8192
 
 
+def test_sliding_layers_of_short_sequences_attend_as_global_ones():
+    """Sequences of at most window + 1 tokens: the band is every pair, so no blocks are built."""
+    seqlens = [9, 3, 9, 1]
+    cu_seqlens = torch.tensor([0] + seqlens).cumsum(0).to(torch.int32)
+    plan = AttentionPlan.build(cu_seqlens, 9, 8, "sdpa")
+    assert plan.sliding_is_global and plan.block_mask is None
+    assert not AttentionPlan.build(torch.tensor([0, 10], dtype=torch.int32), 10, 8, "sdpa").sliding_is_global
+    generator = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(sum(seqlens), 2, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+    got = varlen_attention(q, k, v, plan, is_global=False, dropout_p=0.0)
+    assert (got - dense_reference(q, k, v, seqlens, 8)).abs().max() < 1e-10
+
+
 def test_global_buckets_group_similar_lengths():
     seqlens = [100, 95, 90, 50, 48, 10]
     cu_seqlens = torch.tensor([0] + seqlens).cumsum(0).to(torch.int32)
