@@ -33,6 +33,14 @@ ACTIVATIONS = {
 }
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16, or AMX): oneDNN's bfloat16 matmuls
+    then beat float32's (the shipped model: 70 against 45 SciFact abstracts/s on a 2-core EPYC); without
+    it they are emulated."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private but stable since 2.3
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def activation(name: str):
     if name not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")

@@ -80,6 +80,14 @@ def _write_report(output: Path, name: str, report: dict[str, Any], title: str, t
         console.print(f"{written} in {output}/{name}*")
 
 
+def _load_sets(sets: list[str], default_split: str) -> dict:
+    """{"DIR:SPLIT": BeirDataset} of each argument; a DIR without a split reads `default_split`."""
+    from retriever.beir import load_beir
+
+    return {item: load_beir(*item.rsplit(":", 1)) if ":" in item else load_beir(item, default_split)
+            for item in sets}
+
+
 def _slug(text: str) -> str:
     """A file-name-safe short name: a hub id, or the last two parts of a local path."""
     if Path(text).exists():
@@ -173,13 +181,12 @@ def fusion_command(
     """nDCG@10 of every fusion method and dense weight (and of each side alone) on each set, and their mean:
     the table the default fusion is chosen from. The candidates are those hybrid search fuses for 10 hits."""
     from evals.beir import bm25_run, dense_run, evaluate, fuse_runs, markdown_table
-    from retriever.beir import BeirFormatError, load_beir
+    from retriever.beir import BeirFormatError
     from retriever.fusion import METHODS, Fusion, candidate_depths
 
     started = time.perf_counter()
     try:
-        datasets = {item: load_beir(*item.rsplit(":", 1)) if ":" in item else load_beir(item, "dev")
-                    for item in sets}
+        datasets = _load_sets(sets, "dev")
         candidates = [Fusion("rrf")] + [Fusion(name, float(w)) for name, (_, weighted) in METHODS.items()
                                         if weighted for w in weights.split(",")]
     except (BeirFormatError, OSError, ValueError) as e:
@@ -225,14 +232,13 @@ def chunking(
 
     from evals.beir import markdown_table
     from evals.chunking import measure
-    from retriever.beir import BeirFormatError, load_beir
+    from retriever.beir import BeirFormatError
     from retriever.embedding import Chunking
     from retriever.index import DEFAULT_MODEL, SEARCH_MODES
 
     started = time.perf_counter()
     try:
-        datasets = {item: load_beir(*item.rsplit(":", 1)) if ":" in item else load_beir(item, "test")
-                    for item in sets}
+        datasets = _load_sets(sets, "test")
         chunkings = [Chunking(mode.strip()) for mode in modes.split(",")]
     except (BeirFormatError, OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -251,6 +257,49 @@ def chunking(
     table = markdown_table(rows, list(rows[0]))
     _write_report(output, f"chunking-{_slug(model)}", report, f"Chunking, {model}", table, json_output,
                   "results and table")
+
+
+@app.command()
+def dtype(
+    sets: list[str] = typer.Argument(..., metavar="DIR:SPLIT",
+                                     help="DIR:SPLIT of BEIR folders, e.g. ../shared/data/scifact:test."),
+    model: str = typer.Option("default", "--model", "-m", metavar="MODEL",
+                              help="'default' (the shipped model), a model folder or hub id."),
+    dtypes: str = typer.Option("float32,bfloat16", "--dtypes", metavar="DTYPE,DTYPE",
+                               help="Encoder dtypes to compare; the first is the reference of the top-10 overlap."),
+    max_length: int = typer.Option(None, metavar="TOKENS",
+                                   help="Tokens per input (default: the model's), as `retriever index --max-length`."),
+    device: str = typer.Option(None, metavar="cpu|cuda", help="cpu or cuda (default: cpu), as `retriever index`."),
+    output: Path = typer.Option(Path("eval-results"), metavar="DIR", help="Folder for dtype-MODEL.json and .md."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """bfloat16 against float32 through the index: each set indexed in each dtype (timed) and searched dense,
+    lexical and hybrid as `retriever search` does; nDCG@10, Recall@100 and the top-10 overlap with the first."""
+    from dataclasses import asdict
+
+    from evals.beir import markdown_table
+    from evals.dtype import compare
+    from retriever.beir import BeirFormatError
+    from retriever.index import DEFAULT_MODEL, SEARCH_MODES
+
+    started = time.perf_counter()
+    try:
+        datasets = _load_sets(sets, "test")
+    except (BeirFormatError, OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    results = []
+    for item, dataset in datasets.items():
+        console.print(f"{item}: {len(dataset.corpus)} documents, {len(dataset.queries)} queries")
+        results += compare(item, dataset, [d.strip() for d in dtypes.split(",")],
+                           None if model == DEFAULT_MODEL else model, max_length, device)
+    rows = [{"set": r.set, "dtype": r.dtype, "index s": r.index_seconds, "docs/s": r.docs_per_s,
+             **{f"{mode} nDCG@10": r.scores[mode]["ndcg_at_10"] for mode in SEARCH_MODES},
+             **{f"{mode} top-10 overlap": r.top10_overlap[mode] for mode in SEARCH_MODES if mode != "lexical"}}
+            for r in results]
+    report = {"sets": sets, "model": model, **_run_facts(started), "results": [asdict(r) for r in results]}
+    _write_report(output, f"dtype-{_slug(model)}", report, f"Encoder dtype, {model}",
+                  markdown_table(rows, list(rows[0])), json_output, "results and table")
 
 
 @app.command()

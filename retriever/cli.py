@@ -104,6 +104,9 @@ def index(
     commit_every: int = typer.Option(1000, "--commit-every", metavar="N",
                                      help="Commit every N embedded documents: memory stays bounded, and a rerun after"
                                           " an interruption embeds only what was not committed."),
+    dtype: str = typer.Option(None, "--dtype", metavar="float32|bfloat16",
+                              help="The encoder's dtype, fixed for a new index (default: bfloat16 on CUDA and on CPUs "
+                                   "that multiply it in hardware (AVX512-BF16, AMX), else float32)."),
     engine: str = typer.Option("local", "--engine", metavar="local|ray",
                                help="local: embed in this process. ray: on a Ray cluster, by Ray Data actors that "
                                     "each hold the model (the ray extra), committed as batches come back."),
@@ -143,7 +146,7 @@ def index(
         if (index_dir / MANIFEST).is_file():
             manifest = IndexManifest.read(index_dir)
             _check_fixed_options(manifest, index_dir, max_length=max_length, index_type=index_type,
-                                 chunking=chunking, overlap=overlap, passage_tokens=passage_tokens)
+                                 chunking=chunking, overlap=overlap, passage_tokens=passage_tokens, dtype=dtype)
             retriever = Retriever.open(index_dir, model, device=device, batch_tokens=batch_tokens)
         else:
             if not corpus.documents:
@@ -152,7 +155,7 @@ def index(
             defaults = Chunking()
             retriever = Retriever.create(
                 index_dir, model, index_type=index_type or "flat", max_length=max_length, device=device,
-                batch_tokens=batch_tokens,
+                dtype=dtype, batch_tokens=batch_tokens,
                 chunking=Chunking(chunking or defaults.mode, overlap if overlap is not None else defaults.overlap,
                                   passage_tokens or defaults.passage_tokens))
         console.print(f"{_count(len(corpus.documents), 'document')} read from {', '.join(map(str, paths))} "
@@ -206,7 +209,7 @@ def _count(n: int, noun: str) -> str:
 def _check_fixed_options(manifest, index_dir: Path, **given) -> None:
     fixed = {"max_length": manifest.max_length, "index_type": manifest.index_type,
              "chunking": manifest.chunking["mode"], "overlap": manifest.chunking["overlap"],
-             "passage_tokens": manifest.chunking["passage_tokens"]}
+             "passage_tokens": manifest.chunking["passage_tokens"], "dtype": manifest.dtype}
     for option, value in given.items():
         if value is not None and value != fixed[option]:
             _fail(f"{index_dir} was created with --{option.replace('_', '-')} {fixed[option]}; it cannot change "
@@ -408,6 +411,7 @@ def info(
         "model": f"{facts['model']} (fingerprint {facts['model_fingerprint']})",
         "dimension": f"{facts['dimension']} ({'cosine' if facts['normalize'] else 'inner product'})",
         "max length": f"{facts['max_length']} tokens",
+        "dtype": facts["dtype"],
         "chunking": chunking["mode"] + (f", overlap {chunking['overlap']}" if chunking["mode"] == "window"
                                         else f", passages of {chunking['passage_tokens']} tokens"),
         "prompts": ", ".join(f"{k}: {v!r}" for k, v in facts["prompts"].items()) or "none",

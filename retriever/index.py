@@ -3,7 +3,8 @@
 One directory (default `./.retriever`):
 
     manifest.json    IndexManifest (manifest.py): model and fingerprint, dimension, prompts,
-                     chunking, index type, counts, times, versions, the commit and its live segments
+                     chunking, index type, the encoder's dtype, counts, times, versions, the commit
+                     and its live segments
     store.sqlite     documents and chunks, versioned by commit, with the tombstones (store.py)
     segments/        immutable segments: each one's vectors (FAISS, ids = chunk ids) and BM25 (segment.py)
     .lock            held by the one writer (writer.json says who; commit.py)
@@ -41,7 +42,7 @@ from encoder.progress import TokenProgress
 from retriever import filters
 from retriever.commit import write_lock
 from retriever.documents import Corpus, Document, as_document, embedding_input, is_page
-from retriever.embedding import Chunking, Passage, PassageEncoder
+from retriever.embedding import Chunking, Passage, PassageEncoder, default_dtype
 from retriever.errors import IndexExistsError, IndexMismatchError, RetrieverError
 from retriever.fusion import DEFAULT_FUSION, LEXICAL_FACTOR, Fusion, candidate_depths
 from retriever.lexical import tokenize
@@ -159,14 +160,17 @@ class Retriever:
     @classmethod
     def create(cls, directory: str | Path = DEFAULT_INDEX_DIR, model: str | Path | None = None, *,
                index_type: str = "flat", max_length: int | None = None, chunking: Chunking = Chunking(),
-               device: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Retriever:
-        """A new, empty index in `directory` for `model` (default: the model shipped with the package)."""
+               device: str | None = None, dtype: str | None = None,
+               batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Retriever:
+        """A new, empty index in `directory` for `model` (default: the model shipped with the package),
+        whose encoder runs in `dtype` for the index's life (default: `embedding.default_dtype(device)`)."""
         directory = Path(directory)
         if (directory / MANIFEST).is_file():
             raise IndexExistsError(f"{directory}: an index exists here already; open it, or pick another folder")
         VectorIndex.new(index_type, 1)  # the type is checked before the model loads
         name = _model_name(model)
-        passage_encoder = PassageEncoder.load(model_location(name), device=device, max_length=max_length)
+        passage_encoder = PassageEncoder.load(model_location(name), device=device, max_length=max_length,
+                                              dtype=dtype or default_dtype(device))
         if chunking.mode == "late" and passage_encoder.pooling != "mean":
             raise IndexMismatchError(f"late chunking needs a mean-pooling model; {name} pools by "
                                      f"{passage_encoder.pooling}")
@@ -174,7 +178,7 @@ class Retriever:
             model=name, model_fingerprint=passage_encoder.fingerprint(), dimension=passage_encoder.dimension,
             normalize=passage_encoder.normalize, prompts=passage_encoder.prompts,
             max_length=passage_encoder.max_length, chunking=asdict(chunking), index_type=index_type,
-            generation=commit_name(0))
+            dtype=passage_encoder.dtype, generation=commit_name(0))
         directory.mkdir(parents=True, exist_ok=True)
         with write_lock(directory, wait=0):
             if (directory / MANIFEST).is_file():
@@ -632,7 +636,8 @@ def checked_model(manifest: IndexManifest, directory: Path, name: str | None = N
     """The model `name` (default: the index's own) loaded for the index in `directory`, with its
     prompts: an error unless it makes the index's vectors (same dimension and fingerprint)."""
     name = name or manifest.model
-    model = PassageEncoder.load(model_location(name), device=device, max_length=manifest.max_length)
+    model = PassageEncoder.load(model_location(name), device=device, max_length=manifest.max_length,
+                                dtype=manifest.dtype)
     if model.dimension != manifest.dimension:
         raise IndexMismatchError(f"{directory} holds {manifest.dimension}-d vectors of "
                                  f"{manifest.model}; {name} makes {model.dimension}-d vectors")

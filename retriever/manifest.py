@@ -52,6 +52,7 @@ class IndexManifest:
     max_length: int
     chunking: dict
     index_type: str
+    dtype: str = "float32"  # the encoder's, for the index's life; indexes made before it was recorded: float32
     generation: str = ""  # the commit: "gen-000007" is the 7th write
     documents: int = 0
     chunks: int = 0

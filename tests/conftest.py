@@ -11,6 +11,14 @@ from encoder.attention import flash_available
 BACKENDS = ["sdpa"] + (["flash"] if flash_available() else [])
 
 
+@pytest.fixture(autouse=True)
+def float32_indexes_by_default(monkeypatch):
+    """A new index's dtype follows the CPU (bfloat16 where it multiplies it in hardware): in this process
+    the tests get float32 indexes on every machine, since they hold index vectors to float32 references.
+    bfloat16 indexes, and the rule itself, are tested in tests/test_dtype.py."""
+    monkeypatch.setattr("retriever.embedding.cpu_has_native_bfloat16", lambda: False)
+
+
 def tiny_hf_config(**overrides) -> transformers.ModernBertConfig:
     """5 layers (global at 0 and 3), a 4-token window each side: far shorter than the test sequences."""
     kwargs = dict(

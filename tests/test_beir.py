@@ -202,6 +202,24 @@ def test_eval_chunking_indexes_each_set_with_each_chunking(tiny_beir, checkpoint
     assert (tmp_path / "out" / f"chunking-{model.parent.name}_{model.name}.md").is_file()
 
 
+def test_eval_dtype_indexes_each_set_in_each_dtype(tiny_beir, checkpoint_dir, tmp_path):
+    """`retriever eval dtype` builds the real index per dtype and compares what search serves."""
+    from tests.test_retriever import st_layout
+
+    model = st_layout(checkpoint_dir, tmp_path / "mean", "mean", None)
+    result = CliRunner().invoke(app, ["eval", "dtype", f"{tiny_beir}:test", "--model", str(model),
+                                      "--output", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    float32, bfloat16 = json.loads(result.stdout)["results"]
+    assert (float32["dtype"], bfloat16["dtype"]) == ("float32", "bfloat16")
+    assert float32["top10_overlap"] == {"dense": 1.0, "lexical": 1.0, "hybrid": 1.0}  # the reference itself
+    assert bfloat16["top10_overlap"]["lexical"] == 1.0 and 0.5 <= bfloat16["top10_overlap"]["dense"] <= 1.0
+    for r in (float32, bfloat16):
+        assert r["documents"] == 30 and r["index_seconds"] > 0 and r["docs_per_s"] > 0
+        assert r["scores"]["lexical"]["ndcg_at_10"] == pytest.approx(1.0)  # queries are copies of documents
+    assert (tmp_path / "out" / f"dtype-{model.parent.name}_{model.name}.md").is_file()
+
+
 def test_chunking_cost_benchmark_times_both_chunkings(tiny_beir, checkpoint_dir, tmp_path):
     from tests.test_retriever import st_layout
 

@@ -128,3 +128,18 @@ def test_gpu_check_runs_on_cpu_with_quick_shapes():
     assert all(r["parity_ok"] and r["ours_tokens_per_s"] > 0 for r in report["encoder"])
     assert report["contrastive"]["steps"] == 3 and report["contrastive"]["device"] == "cpu"
     assert report["all_ok"]
+
+
+def test_dtype_benchmark_runs_both_dtypes():
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        import pytest
+
+        pytest.skip(f"SciFact not found at {SCIFACT}: the dtype benchmark reads its abstracts")
+    result = subprocess.run([sys.executable, "-m", "evals.bench", "dtype", "--docs", "8", "--num-layers", "1",
+                             "--repeats", "1", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["docs"] == 8 and report["index_default"] in ("float32", "bfloat16")
+    assert len(report["models"]) == 2
+    for r in report["models"].values():
+        assert r["docs_per_s"]["float32"] > 0 and r["docs_per_s"]["bfloat16"] > 0 and r["min_cosine"] > 0.99

@@ -113,6 +113,33 @@ def embedder(
     Console().print(f"speedup [bold]{result['speedup']:.2f}x[/]; max |ours - stock| = {result['max_abs_diff']:.2e}")
 
 
+@app.command("dtype")
+def dtype_command(
+    scifact: Path = typer.Option(SCIFACT, metavar="DIR", help="BEIR folder whose abstracts are embedded."),
+    docs: int = typer.Option(300, metavar="N", help="Abstracts to embed."),
+    num_layers: int = typer.Option(22, metavar="N", help="Layers of the base-shaped model (22: ModernBERT-base)."),
+    repeats: int = typer.Option(2, metavar="N", help="Timed runs per model and dtype (the best is kept)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """An index's encoder in float32 and bfloat16: docs/s of the shipped model and a base-shaped one, as
+    `retriever index` embeds (see evals/bench/dtype.py)."""
+    from evals.bench.dtype import run
+
+    report = run(scifact, docs, num_layers, repeats)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"{report['docs']} SciFact abstracts, cpu ({report['threads']} threads), native bfloat16: "
+                        f"{report['native_bfloat16']}")
+    for column in ("model", "float32 docs/s", "bfloat16 docs/s", "bfloat16 / float32", "least cosine"):
+        table.add_column(column, justify="right")
+    for name, r in report["models"].items():
+        table.add_row(name, f"{r['docs_per_s']['float32']:.1f}", f"{r['docs_per_s']['bfloat16']:.1f}",
+                      f"{r['bfloat16_vs_float32']:.2f}x", f"{r['min_cosine']:.5f}")
+    Console().print(table)
+    Console().print(f"a new index on this CPU: {report['index_default']}")
+
+
 @app.command()
 def mlm(
     scifact: Path = typer.Option(SCIFACT, metavar="DIR",

@@ -21,20 +21,27 @@ from encoder import ModernBertConfig, ModernBertModel, load_embedder
 from evals.bench.corpus import console, long_documents, read_beir_corpus, train_tokenizer
 
 
+def base_shaped_model(texts: list[str], folder: Path, num_layers: int, max_length: int):
+    """A ModernBERT-base-shaped embedding model with random weights (mean pooling, normalised) and a BPE
+    tokenizer trained on `texts`, saved in the sentence-transformers layout under folder/"st"; and the tokenizer."""
+    checkpoint, layout = folder / "checkpoint", folder / "st"
+    tokenizer = train_tokenizer(texts, checkpoint)
+    torch.manual_seed(0)
+    config = ModernBertConfig.for_tokenizer(tokenizer, num_hidden_layers=num_layers)
+    ModernBertModel(config).save_pretrained(checkpoint)
+    transformer = Transformer(str(checkpoint), max_seq_length=max_length)
+    SentenceTransformer(modules=[transformer, Pooling(config.hidden_size, "mean"), Normalize()],
+                        device="cpu").save(str(layout))
+    return layout, tokenizer
+
+
 def run(scifact: Path, docs: int, long_docs: int, max_length: int, num_layers: int, batch_size: int) -> dict:
     """Wall time, docs/s and speedup of both sides, and the max difference of their embeddings."""
     texts = read_beir_corpus(scifact, docs)
     with tempfile.TemporaryDirectory() as tmp, console.status("building checkpoint and tokenizer"):
-        checkpoint, layout = Path(tmp) / "checkpoint", Path(tmp) / "st"
-        tokenizer = train_tokenizer(texts, checkpoint)
+        layout, tokenizer = base_shaped_model(texts, Path(tmp), num_layers, max_length)
         lengths = np.linspace(max_length, max_length / long_docs, long_docs).round().astype(int).tolist()
         long_texts = long_documents(texts, tokenizer, lengths)
-        torch.manual_seed(0)
-        config = ModernBertConfig.for_tokenizer(tokenizer, num_hidden_layers=num_layers)
-        ModernBertModel(config).save_pretrained(checkpoint)
-        transformer = Transformer(str(checkpoint), max_seq_length=max_length)
-        SentenceTransformer(modules=[transformer, Pooling(config.hidden_size, "mean"), Normalize()],
-                            device="cpu").save(str(layout))
         stock = SentenceTransformer(str(layout), device="cpu")
         ours = load_embedder(layout, device="cpu")
 
