@@ -11,12 +11,15 @@ from encoder.attention import flash_available
 BACKENDS = ["sdpa"] + (["flash"] if flash_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def float32_indexes_by_default(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def float32_indexes_by_default():
     """A new index's dtype follows the CPU (bfloat16 where it multiplies it in hardware): in this process
     the tests get float32 indexes on every machine, since they hold index vectors to float32 references.
-    bfloat16 indexes, and the rule itself, are tested in tests/test_dtype.py."""
-    monkeypatch.setattr("retriever.embedding.cpu_has_native_bfloat16", lambda: False)
+    Session-wide, so that indexes made by module fixtures are float32 too. bfloat16 indexes, and the rule
+    itself, are tested in tests/test_dtype.py."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("retriever.embedding.cpu_has_native_bfloat16", lambda: False)
+        yield
 
 
 def tiny_hf_config(**overrides) -> transformers.ModernBertConfig:
