@@ -13,8 +13,8 @@ a factor SEGMENTS_PER_TIER apart (all under MERGE_FLOOR chunks are one tier), an
 SEGMENTS_PER_TIER segments is merged into one, so an index of n chunks has O(log n) segments and
 each chunk is rewritten O(log n) times. A segment whose chunks are mostly deleted is rewritten
 alone, and one whose chunks are all deleted is dropped. A merge writes at most MAX_MERGED_BYTES of
-vectors, so a writer's memory does not grow with the index (an index of 1M 256-d chunks holds some 20
-segments).
+vectors (ivfpq: of codes and ids), so a writer's memory does not grow with the index (an index of 1M
+256-d chunks holds some 20 flat segments; ivfpq segments of 256-d chunks hold up to 932k chunks).
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ import numpy as np
 
 from retriever.commit import fsync_dir, fsync_tree
 from retriever.lexical import LexicalIndex
-from retriever.vectors import IVFPQ_MIN_TRAIN, VectorIndex
+from retriever.vectors import IVFPQ_MIN_TRAIN, VectorIndex, stored_bytes
 
 SEGMENTS = "segments"
 SEGMENTS_PER_TIER = 10
 MERGE_FLOOR = 1000  # chunks
 EXPUNGE_DELETED = 0.5  # a segment with more of its chunks deleted than this is rewritten
-# The most a merge writes, in float32 vectors (65,536 chunks of 256 dimensions, 21,845 of 768): what a
-# writer holds, whatever the index's size. Larger segments are not merged again (Lucene's max merged size).
+# The most a merge writes (flat and hnsw: float32 vectors, 65,536 chunks of 256 dimensions, 21,845 of 768;
+# ivfpq: codes and ids, 932k chunks of 256 dimensions): what a writer holds, whatever the index's size.
+# Larger segments are not merged again (Lucene's max merged size).
 MAX_MERGED_BYTES = 64 * 2**20
 VECTORS_FILE = "vectors.faiss"
 BM25_FOLDER = "bm25"
@@ -141,7 +142,7 @@ def merge_plan(segments: list[Segment], tombstones: np.ndarray, index_type: str,
                ) -> list[list[Segment]]:
     """The groups of segments to merge now, each into one segment (a group of one whose chunks are
     all deleted is dropped). A full tier merges its smallest segments, as many as make at most
-    MAX_MERGED_BYTES of float32 vectors (flat and hnsw: a merge holds its result in memory)."""
+    MAX_MERGED_BYTES of stored vectors (a merge holds its result in memory)."""
     live = {s.info.name: s.info.chunks - int(np.isin(s.chunk_ids, tombstones).sum()) for s in segments}
     if index_type == "ivfpq" and not any(s.info.kind == "ivfpq" for s in segments):
         # the quantizer trains once the index holds enough chunks, on all of them
@@ -154,7 +155,7 @@ def merge_plan(segments: list[Segment], tombstones: np.ndarray, index_type: str,
         else:
             tier = int(math.log(max(count, MERGE_FLOOR) / MERGE_FLOOR, SEGMENTS_PER_TIER))
             tiers.setdefault(tier, []).append(segment)
-    most = math.inf if index_type == "ivfpq" else MAX_MERGED_BYTES // (4 * dimension)
+    most = MAX_MERGED_BYTES // stored_bytes(index_type, dimension)
     for tier in tiers.values():
         if len(tier) < SEGMENTS_PER_TIER:
             continue

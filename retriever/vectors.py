@@ -4,10 +4,16 @@ Index types (`--index-type`):
 - flat: exact search (IndexFlatIP). Best up to a few hundred thousand chunks.
 - hnsw: approximate graph search (IndexHNSWFlat, M=32), a graph per segment; a merge builds the
   merged segment's graph from the stored vectors.
-- ivfpq: inverted lists with product-quantised codes, for large collections in little memory.
+- ivfpq: inverted lists with product-quantised codes, for collections larger than memory.
   One coarse quantizer and one set of codebooks serve every segment: they are trained once, when
   the index first holds `IVFPQ_MIN_TRAIN` chunks, on all of them (segments before that are flat,
   and are merged into the first ivfpq one); later segments start from a copy of a trained one.
+  Saved segments are read memory-mapped (faiss.IO_FLAG_MMAP: the inverted lists stay in the file,
+  and the page cache holds what searches touch), and merged list by list from their mapped files,
+  so neither a reader nor a writer holds the codes of the whole index. faiss.contrib.ondisk's
+  OnDiskInvertedLists are not used: their file records its data file's absolute path, which a
+  segment built aside and renamed, or an index moved, no longer has (IO_FLAG_ONDISK_SAME_DIR mends
+  that but prints on stdout, into `retriever search --json`).
 
 Flat and HNSW sit inside IndexIDMap2, so ids are ours; IVF indexes keep our ids themselves (an
 IDMap around IVF breaks on removal: IVF does not renumber what is left, IDMap assumes it). With
@@ -30,6 +36,8 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 16
+# an ivfpq segment's inverted lists stay in its file, read-only, paged in by the searches that touch them
+_IVF_READ_FLAGS = faiss.IO_FLAG_MMAP
 # A few queries search on one thread: on a small CPU, OpenMP threads spinning next to torch's cost
 # more than they give (a flat search of 100k vectors took 10 ms on two threads, 4 ms on one).
 _PARALLEL_QUERIES = 16
@@ -40,10 +48,11 @@ class VectorIndexError(ValueError):
 
 
 class VectorIndex:
-    def __init__(self, index: faiss.Index | None, kind: str, dimension: int):
+    def __init__(self, index: faiss.Index | None, kind: str, dimension: int, path: Path | None = None):
         self.index = index  # None: an ivfpq index not trained yet
         self.kind = kind
         self.dimension = dimension
+        self.path = path  # the file it was read from (ivfpq: memory-mapped), None for one built in memory
         if index is not None:
             self._configure()
 
@@ -68,7 +77,7 @@ class VectorIndex:
                 return cls.new(kind, dimension)
             raise VectorIndexError(f"{path}: the vectors file is missing")
         try:
-            index = cls(faiss.read_index(str(path)), kind, dimension)
+            index = cls(faiss.read_index(str(path), _IVF_READ_FLAGS if kind == "ivfpq" else 0), kind, dimension, path)
         except RuntimeError as e:  # faiss's message starts with the C++ function that failed
             raise VectorIndexError(f"{path}: not a readable FAISS index ({str(e).rsplit('Error: ', 1)[-1]})") from e
         if index.ntotal != count:
@@ -94,11 +103,16 @@ class VectorIndex:
 
     @classmethod
     def empty_like(cls, other: VectorIndex) -> VectorIndex:
-        """An empty index of `other`'s kind; for ivfpq, with its trained quantizer and codebooks."""
+        """An empty index of `other`'s kind; for ivfpq, with its trained quantizer and codebooks (a
+        memory-mapped one cannot be cloned: it is read again, mapped, and given empty lists in memory)."""
         if other.kind != "ivfpq":
             return cls.new(other.kind, other.dimension)
-        index = faiss.clone_index(_cpu(other.index))
-        index.reset()
+        index = faiss.read_index(str(other.path), _IVF_READ_FLAGS) if other.path else faiss.clone_index(_cpu(other.index))
+        ivf = faiss.extract_index_ivf(index)
+        lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()  # the index owns it now
+        index.ntotal = 0
         return cls(index, other.kind, other.dimension)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -121,8 +135,9 @@ class VectorIndex:
     def merge(cls, kind: str, dimension: int, parts: Iterable[VectorIndex], dropped: np.ndarray) -> VectorIndex:
         """One index of `kind` holding the parts' vectors less the `dropped` ids. Flat and hnsw parts
         are added one at a time (`parts` may read each as it comes: a merge holds its result and one
-        part). Trained ivfpq parts share their training and are merged code by code; flat parts are
-        added (an ivfpq index without a trained part trains on all of them)."""
+        part). Trained ivfpq parts share their training and their codes are copied list by list (from
+        the mapped files: a merge holds its result only); flat parts are added (an ivfpq index without
+        a trained part trains on all of them)."""
         if kind != "ivfpq":
             result = cls.new(kind, dimension)
             for part in parts:
@@ -136,10 +151,12 @@ class VectorIndex:
             result = cls.empty_like(trained[0])
             for part in parts:
                 if part.kind == "ivfpq":
-                    result.index.merge_from(faiss.clone_index(_cpu(part.index)), 0)
+                    result.index.ntotal += _copy_lists(faiss.extract_index_ivf(_cpu(part.index)).invlists,
+                                                       faiss.extract_index_ivf(result.index).invlists, dropped)
                 else:
-                    result.add(*part.ids_and_vectors())
-            result.index.remove_ids(np.asarray(dropped, dtype=np.int64))
+                    ids, vectors = part.ids_and_vectors()
+                    keep = ~np.isin(ids, dropped)
+                    result.add(ids[keep], vectors[keep])
             result.index = _maybe_gpu(result.index, kind)
             return result
         pairs = [part.ids_and_vectors() for part in parts]  # the first training: on all of them
@@ -155,10 +172,8 @@ class VectorIndex:
         if n < IVFPQ_MIN_TRAIN:
             raise VectorIndexError(f"ivfpq trains on at least {IVFPQ_MIN_TRAIN} vectors; {n} given")
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
-        # 8-bit codes of 4 dimensions each (fewer where the dimension does not divide)
-        m = next(m for m in range(dimension // 4, 0, -1) if dimension % m == 0)
         quantizer = faiss.IndexFlatIP(dimension)
-        inner = faiss.IndexIVFPQ(quantizer, dimension, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        inner = faiss.IndexIVFPQ(quantizer, dimension, nlist, _pq_subspaces(dimension), 8, faiss.METRIC_INNER_PRODUCT)
         inner.train(vectors)
         self.index = inner
         self._configure()
@@ -197,6 +212,33 @@ class VectorIndex:
         if isinstance(inner, faiss.IndexIVF):
             return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
         return faiss.SearchParameters(sel=selector)
+
+
+def stored_bytes(kind: str, dimension: int) -> int:
+    """What one chunk's vector takes in an index of `kind` (flat and hnsw: float32; ivfpq: its code and id)."""
+    return _pq_subspaces(dimension) + 8 if kind == "ivfpq" else 4 * dimension
+
+
+def _pq_subspaces(dimension: int) -> int:
+    """8-bit codes of 4 dimensions each (fewer where the dimension does not divide): one byte per sub-space."""
+    return next(m for m in range(dimension // 4, 0, -1) if dimension % m == 0)
+
+
+def _copy_lists(source: faiss.InvertedLists, target: faiss.InvertedLists, dropped: np.ndarray) -> int:
+    """Appends each of `source`'s inverted lists, less the `dropped` ids, to the same list of `target`
+    (both of one trained index's lists, so a code means the same in both); returns how many it copied."""
+    copied = 0
+    for list_no in range(source.nlist):
+        size = source.list_size(list_no)
+        if not size:
+            continue
+        ids = faiss.rev_swig_ptr(source.get_ids(list_no), size)
+        codes = faiss.rev_swig_ptr(source.get_codes(list_no), size * source.code_size).reshape(size, -1)
+        keep = ~np.isin(ids, dropped)
+        kept_ids, kept_codes = np.ascontiguousarray(ids[keep]), np.ascontiguousarray(codes[keep])
+        target.add_entries(list_no, len(kept_ids), faiss.swig_ptr(kept_ids), faiss.swig_ptr(kept_codes))
+        copied += len(kept_ids)
+    return copied
 
 
 def _gpu_available() -> bool:

@@ -316,6 +316,48 @@ def test_ivfpq_on_enough_vectors():
     assert set(ids[ids >= 0]) <= set(allowed) and np.mean([107 + 7 * i in ids[i] for i in range(7)]) >= 0.8
 
 
+def test_ivfpq_segments_are_read_memory_mapped_and_merge_from_their_files(tmp_path):
+    """A saved ivfpq index's codes stay in its file (mapped, read-only) and a merge copies them list by
+    list from there: the merged index, tombstones left out, is the one index holding the same vectors."""
+    import faiss
+
+    from retriever.vectors import IVFPQ_MIN_TRAIN, VectorIndex
+
+    rng = np.random.default_rng(1)
+    vectors = (rng.standard_normal((IVFPQ_MIN_TRAIN + 2000, 6)) @ rng.standard_normal((6, 32))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(len(vectors)) * 3 + 7
+    trained = VectorIndex.new("ivfpq", 32)
+    trained.add(ids[:IVFPQ_MIN_TRAIN], vectors[:IVFPQ_MIN_TRAIN])
+    later = VectorIndex.empty_like(trained)
+    later.add(ids[IVFPQ_MIN_TRAIN:], vectors[IVFPQ_MIN_TRAIN:])
+    for name, part in (("a", trained), ("b", later)):
+        part.save(tmp_path / f"{name}.faiss")
+    parts = [VectorIndex.load(tmp_path / f"{name}.faiss", "ivfpq", 32, part.ntotal)
+             for name, part in (("a", trained), ("b", later))]
+    for part in parts:
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(part.index).invlists)
+        assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.read_only
+    # a new segment of a mapped one's training is in memory, and encodes as the original training does
+    fresh = VectorIndex.empty_like(parts[0])
+    assert fresh.ntotal == 0 and isinstance(
+        faiss.downcast_InvertedLists(faiss.extract_index_ivf(fresh.index).invlists), faiss.ArrayInvertedLists)
+    dropped = ids[::5]
+    merged = VectorIndex.merge("ivfpq", 32, parts, dropped)
+    whole = VectorIndex.empty_like(trained)
+    whole.add(ids, vectors)
+    whole.index.remove_ids(faiss.IDSelectorBatch(dropped))
+    assert merged.ntotal == whole.ntotal == len(ids) - len(dropped)
+    queries = vectors[::97]
+    (merged_scores, merged_ids), (whole_scores, whole_ids) = merged.search(queries, 10), whole.search(queries, 10)
+    np.testing.assert_array_equal(merged_scores, whole_scores)
+    assert [set(row) for row in merged_ids] == [set(row) for row in whole_ids] and not np.isin(merged_ids, dropped).any()
+    # the merged index saves and maps like any other
+    merged.save(tmp_path / "merged.faiss")
+    reread = VectorIndex.load(tmp_path / "merged.faiss", "ivfpq", 32, merged.ntotal)
+    np.testing.assert_array_equal(reread.search(queries, 10)[0], whole_scores)
+
+
 def test_opening_with_another_model_is_an_error(model_dir, cls_model_dir, tmp_path):
     Retriever.create(tmp_path / "idx", model_dir).add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS[:3])])
     with pytest.raises(IndexMismatchError, match="fingerprint"):

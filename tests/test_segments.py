@@ -224,17 +224,24 @@ def test_scifact_bm25_through_an_index_of_six_segments(st_model_dir, tmp_path):
 
 
 def test_merges_write_at_most_max_merged_bytes_of_vectors(tmp_path):
-    """A full tier merges its smallest segments up to MAX_MERGED_BYTES of float32 vectors, so a writer
-    holds that much at most, whatever the index's size; ivfpq codes are small and merge whole."""
-    size = 10_000
-    segments = [Segment(tmp_path / f"s{i}", SegmentInfo(f"s{i}", "flat", size), 256,
+    """A full tier merges its smallest segments up to MAX_MERGED_BYTES of stored vectors (float32, or
+    ivfpq's codes and ids), so a writer holds that much at most, whatever the index's size."""
+    def tier(kind: str, size: int) -> list[Segment]:
+        return [Segment(tmp_path / f"s{i}", SegmentInfo(f"s{i}", kind, size), 256,
                         np.arange(i * size, (i + 1) * size)) for i in range(SEGMENTS_PER_TIER)]
+
+    size = 10_000
+    segments = tier("flat", size)
     none_deleted = np.zeros(0, np.int64)
     for dimension in (256, 768):
         plan = merge_plan(segments, none_deleted, "flat", dimension)
         fits = MAX_MERGED_BYTES // (4 * dimension) // size
         assert [len(group) for group in plan] == [fits] and 1 < fits < SEGMENTS_PER_TIER
-    assert [len(group) for group in merge_plan(segments, none_deleted, "ivfpq", 256)] == [SEGMENTS_PER_TIER]
+    # 256-d ivfpq chunks take 64 bytes of code and 8 of id: ten such segments merge whole, ten 20 times larger do not
+    assert [len(group) for group in merge_plan(tier("ivfpq", size), none_deleted, "ivfpq", 256)] == [SEGMENTS_PER_TIER]
+    large = 200_000
+    fits = MAX_MERGED_BYTES // (64 + 8) // large
+    assert [len(group) for group in merge_plan(tier("ivfpq", large), none_deleted, "ivfpq", 256)] == [fits] and fits == 4
     # deleted chunks do not count: a half-deleted tier of the same segments merges in one
     deleted = np.concatenate([s.chunk_ids[: size // 2 - 1] for s in segments])
     half = merge_plan(segments, deleted, "flat", 256)
