@@ -99,6 +99,11 @@ class VectorIndex:
             inner.hnsw.efSearch = HNSW_EF_SEARCH
         elif isinstance(inner, faiss.IndexIVF):
             inner.nprobe = min(IVF_NPROBE, inner.nlist)
+            lists = faiss.downcast_InvertedLists(inner.invlists)
+            if isinstance(lists, faiss.OnDiskInvertedLists):
+                # its default starts 32 threads per search to read the probed lists ahead: 40x slower a
+                # query here than the page faults they save
+                lists.prefetch_nthread = 0
         self.index = _maybe_gpu(self.index, self.kind)
 
     @classmethod

@@ -260,3 +260,20 @@ def test_writes_benchmark_runs_on_an_hnsw_index(tmp_path):
     largest = report["results"][-1]
     assert largest["add_one_median_s"] > 0 and largest["add_1000_s"] > 0
     assert 0 < largest["dense_p50_ms"] <= largest["dense_p99_ms"] and largest["filtered_p50_ms"] > 0
+
+
+def test_ondisk_benchmark_searches_a_mapped_index_as_the_in_memory_one(tmp_path):
+    """A tiny shape of `python -m evals.bench ondisk`: segments built, searched memory-mapped (under a
+    cgroup limit where one can be made) and read whole, with the same ids both ways."""
+    result = subprocess.run([sys.executable, "-m", "evals.bench", "ondisk", "--index-mib", "3", "--limit-mib", "128",
+                             "--dimension", "32", "--segment-chunks", "12000", "--queries", "20",
+                             "--dir", str(tmp_path), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["segments"] >= 3 and report["layout"]["chunks"] == 12000 * report["segments"]
+    assert report["mapped"]["lists"] == "OnDiskInvertedLists" and report["memory"]["lists"] == "ArrayInvertedLists"
+    assert report["same_ids"] and report["mapped"]["top_is_own"] >= 0.9
+    assert 0 < report["mapped"]["p50_ms"] <= report["mapped"]["p99_ms"]
+    if report["cgroup"]:
+        assert report["limit_mib"] == 128 and 0 < report["mapped"]["cgroup_peak_mib"] <= 128
+    assert not list(tmp_path.iterdir()), "the benchmark's index is removed"

@@ -393,6 +393,46 @@ def ray_command(
                     "each Ray case includes starting its actors and loading the model in each")
 
 
+@app.command("ondisk")
+def ondisk_command(
+    index_mib: int = typer.Option(2048, metavar="MIB", help="Size of the ivfpq index's segment files."),
+    limit_mib: int = typer.Option(256, metavar="MIB", help="Memory limit of the searching process (a cgroup)."),
+    dimension: int = typer.Option(256, metavar="D", help="Vector dimension (ivfpq: D / 4 bytes of code each)."),
+    segment_chunks: int = typer.Option(900_000, metavar="N",
+                                       help="Chunks per segment (the merge cap holds 932k of 256-d)."),
+    queries: int = typer.Option(200, metavar="N", help="Timed searches (k=10, one query each)."),
+    directory: Path = typer.Option(None, "--dir", metavar="DIR", help="Where the index is built (default: TMPDIR)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """An ivfpq index larger than the memory its searching process may use: resident memory and search
+    latency memory-mapped under the limit, against the same index read into memory (see evals/bench/ondisk.py)."""
+    from evals.bench.ondisk import ondisk
+
+    with console.status("") as status:
+        report = ondisk(index_mib, limit_mib, dimension, segment_chunks, queries, status.update, directory)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    layout = report["layout"]
+    limit = f"{report['limit_mib']:,} MiB (cgroup {report['cgroup']})" if report["limit_mib"] else \
+        "none (no memory cgroup could be made here)"
+    table = Table(title=f"ivfpq index: {layout['chunks']:,} chunks of {layout['dimension']} dimensions, "
+                        f"{report['segments']} segments, {layout['index_mib']:,.0f} MiB; limit {limit}")
+    for column in ("lists", "load s", "p50 ms", "p99 ms", "RSS MiB", "anonymous", "file-backed", "VmHWM",
+                   "cgroup peak", "best hit its own"):
+        table.add_column(column, justify="right")
+    for case in (report["mapped"], report["memory"]):
+        table.add_row(("mapped: " if case["mapped"] else "in memory: ") + case["lists"], f"{case['load_seconds']:.2f}",
+                      f"{case['p50_ms']:.2f}", f"{case['p99_ms']:.2f}", f"{case['VmRSS_mib']:,.0f}",
+                      f"{case['RssAnon_mib']:,.0f}", f"{case['RssFile_mib']:,.0f}", f"{case['VmHWM_mib']:,.0f}",
+                      f"{case['cgroup_peak_mib']:,.0f}" if "cgroup_peak_mib" in case else "",
+                      f"{case['top_is_own']:.2f}")
+    Console(width=160).print(table)
+    Console().print(f"index / limit: {report['index_vs_limit']:.1f}x; mapped p50 / in-memory p50: "
+                    f"{report['p50_mapped_vs_memory']:.2f}x; same ids both ways: {report['same_ids']}; "
+                    f"built in {report['build_seconds']:.0f} s")
+
+
 @app.command("gpu-check")
 def gpu_check_command(
     device: str = typer.Option("cuda", metavar="cuda|cpu", help="Device to check (cpu: with --quick, in a test)."),
