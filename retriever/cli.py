@@ -243,8 +243,12 @@ def _report_problems(problems, console) -> None:
 def import_command(
     shards: list[Path] = typer.Argument(..., metavar="DIR_OR_FILE",
                                         help="Parquet shards of precomputed vectors, or folders of them (as "
-                                             "retriever index --engine ray --output-shards writes them)."),
+                                             "retriever index --engine ray --output-shards writes them); or .npy "
+                                             "arrays, one vector per document, each beside a .jsonl of its documents."),
     index_dir: Path = INDEX_OPTION,
+    model: str = typer.Option(None, "--model", "-m", metavar="NAME",
+                              help="The model that made the vectors of .npy shards (which do not record it): checked "
+                                   "against the index's, and the model of a new index."),
     batch_docs: int = typer.Option(1000, "--batch-docs", metavar="N",
                                    help="Documents read and committed at a time: memory stays bounded, and a rerun "
                                         "after an interruption adds only what was not committed."),
@@ -252,7 +256,8 @@ def import_command(
                                help="Seconds to wait for another writer of the same index before failing."),
 ) -> None:
     """Add precomputed vectors to an index, with their documents: each shard's dimension and model fingerprint must
-    be the index's. A new index is made for the shards' model, max length and chunking."""
+    be the index's (for .npy shards, those of the --model named). A new index is made for the shards' model, max
+    length and chunking."""
     from retriever.embedding import Chunking
     from retriever.index import DEFAULT_INDEX_DIR, Retriever
     from retriever.manifest import MANIFEST
@@ -263,9 +268,17 @@ def import_command(
     try:
         files = shard_files(shards)
         if not (index_dir / MANIFEST).is_file():
-            info = shard_info(files[0])
-            Retriever.create(index_dir, info.model, max_length=info.max_length, chunking=Chunking(**info.chunking))
-        report = import_shards(Retriever.open(index_dir), files, batch_docs=batch_docs, wait=wait, show_progress=True)
+            parquet = [path for path in files if path.suffix == ".parquet"]
+            if parquet:
+                info = shard_info(parquet[0])
+                Retriever.create(index_dir, info.model, max_length=info.max_length, chunking=Chunking(**info.chunking))
+            elif model is not None:
+                Retriever.create(index_dir, model)
+            else:
+                _fail(f"{files[0]}: a .npy shard does not record the model that made its vectors: name it with "
+                      "--model (a new index is made for it)")
+        report = import_shards(Retriever.open(index_dir), files, model=model, batch_docs=batch_docs, wait=wait,
+                               show_progress=True)
     except KeyboardInterrupt:
         _fail("interrupted: what was committed stays in the index (run again to add the rest)", 130)
     except _errors() as e:

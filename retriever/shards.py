@@ -8,6 +8,12 @@ batch the write path can commit. The Arrow schema's metadata (key `modernbert-re
 what made the vectors: the model and its fingerprint, the dimension, the chunking and max length;
 an import checks the dimension and the fingerprint against the index, shard by shard, before it adds
 anything.
+
+Vectors made elsewhere come as `.npy` shards: `NAME.npy`, a 2-D float array of one vector per
+document (its passage: the whole text, as `Retriever.add_embedded` takes them), beside `NAME.jsonl`,
+one document per line in the same order (`id`/`_id`, `text`, `title`, `metadata`, other fields as
+metadata, as `retriever index` reads JSON Lines). A `.npy` file records no model: the importer names
+the model that made its vectors, and that model's fingerprint is checked against the index's.
 """
 
 from __future__ import annotations
@@ -22,10 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from encoder.progress import TokenProgress
-from retriever.documents import Document
+from retriever.documents import Document, Problem, read_jsonl
 from retriever.embedding import Passage
 from retriever.errors import IndexMismatchError, RetrieverError
-from retriever.index import Embedded, Retriever, UpdateReport
+from retriever.index import Embedded, Retriever, UpdateReport, checked_model
 from retriever.manifest import IndexManifest
 
 SHARD_FORMAT = 1
@@ -117,17 +123,22 @@ def select(embedded: Embedded, indices: list[int]) -> Embedded:
             [Passage(position[passages[k].doc], passages[k].start, passages[k].end) for k in rows])
 
 
+SHARD_SUFFIXES = (".parquet", ".npy")
+
+
 def shard_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The .parquet files given, and those under the folders given (sorted)."""
+    """The .parquet and .npy files given, and those under the folders given (sorted)."""
     files: list[Path] = []
     for given in paths:
         path = Path(given).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix in SHARD_SUFFIXES and p.is_file())
             if not found:
-                raise RetrieverError(f"{given}: no .parquet shards in this folder")
+                raise RetrieverError(f"{given}: no .parquet or .npy shards in this folder")
             files.extend(found)
         elif path.is_file():
+            if path.suffix not in SHARD_SUFFIXES:
+                raise RetrieverError(f"{given}: not a shard (.parquet, or .npy beside its .jsonl documents)")
             files.append(path)
         else:
             raise RetrieverError(f"{given}: no such file or folder")
@@ -174,21 +185,90 @@ def check_shard(path: Path, manifest: IndexManifest, directory: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def import_shards(retriever: Retriever, paths: Iterable[str | Path], *, batch_docs: int = DEFAULT_BATCH_DOCS,
-                  wait: float = 0, show_progress: bool = False) -> UpdateReport:
+def npy_documents_file(path: Path) -> Path:
+    """The JSON Lines file of a .npy shard's documents: NAME.jsonl beside NAME.npy."""
+    return path.with_suffix(".jsonl")
+
+
+def _npy_vectors(path: Path) -> np.ndarray:
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise RetrieverError(f"{path}: not a .npy array of vectors ({str(e).splitlines()[0][:200]})") from None
+    if vectors.ndim != 2 or vectors.dtype.kind != "f":
+        raise RetrieverError(f"{path}: expected a 2-D float array (one vector per document), got shape "
+                             f"{vectors.shape} of {vectors.dtype}")
+    return vectors
+
+
+def _npy_documents(path: Path) -> Iterator[Document]:
+    """A .npy shard's documents in file order; a line that is not a document is an error (file:line), since
+    every line is the document of one row of vectors."""
+    documents_file = npy_documents_file(path)
+    if not documents_file.is_file():
+        raise RetrieverError(f"{path}: no {documents_file.name} beside it (its documents, one JSON object a line, "
+                             "in the order of the vectors)")
+    for _, item in read_jsonl(documents_file, str(documents_file.resolve())):
+        if isinstance(item, Problem):
+            raise RetrieverError(str(item))
+        yield item
+
+
+def check_npy_shard(path: Path, manifest: IndexManifest, directory: Path, model: str | None) -> int:
+    """The number of rows of .npy shard `path`, once its dimension is the index's, its documents are one
+    per row, and `model` (which made its vectors) is the index's model."""
+    vectors = _npy_vectors(path)
+    if vectors.shape[1] != manifest.dimension:
+        raise IndexMismatchError(f"{path}: {vectors.shape[1]}-d vectors; {directory} holds {manifest.dimension}-d "
+                                 f"vectors of {manifest.model}")
+    documents = sum(1 for _ in _npy_documents(path))
+    if documents != len(vectors):
+        raise RetrieverError(f"{path}: {len(vectors)} vectors, but {npy_documents_file(path).name} holds "
+                             f"{documents} documents (one per vector, in the same order)")
+    if model is None:
+        raise RetrieverError(f"{path}: a .npy shard does not record the model that made its vectors: name it "
+                             "(retriever import --model), and it is checked against the index's")
+    return documents
+
+
+def npy_batches(path: Path, batch_docs: int) -> Iterator[Embedded]:
+    """A .npy shard's rows, `batch_docs` documents at a time, each with its vector as its one passage."""
+    vectors = _npy_vectors(path)
+    documents = _npy_documents(path)
+    for first in range(0, len(vectors), batch_docs):
+        batch = [next(documents) for _ in range(min(batch_docs, len(vectors) - first))]
+        yield (batch, np.asarray(vectors[first:first + len(batch)], dtype=np.float32),
+               [Passage(i, 0, len(d.text)) for i, d in enumerate(batch)])
+
+
+def parquet_batches(path: Path, batch_docs: int) -> Iterator[Embedded]:
+    for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_docs,
+                                                         columns=list(DOCUMENT_COLUMNS + PASSAGE_COLUMNS)):
+        yield embedded_rows(pa.Table.from_batches([record_batch]), path)
+
+
+def import_shards(retriever: Retriever, paths: Iterable[str | Path], *, model: str | None = None,
+                  batch_docs: int = DEFAULT_BATCH_DOCS, wait: float = 0, show_progress: bool = False) -> UpdateReport:
     """Adds the documents of shards to the index, `batch_docs` rows at a time (a commit each), through
     the write path: a document the index holds at the same content is left as it is (so a rerun after
-    an interruption adds only the rest), a changed one is replaced. Every shard is checked first."""
+    an interruption adds only the rest), a changed one is replaced. Every shard is checked first;
+    `model`: the model that made the vectors of .npy shards (which do not record it)."""
     if batch_docs < 1:
         raise ValueError(f"batch_docs must be at least 1, got {batch_docs}")
     files = shard_files(paths)
-    rows = {path: check_shard(path, retriever.manifest, retriever.directory) for path in files}
+    manifest, directory = retriever.manifest, retriever.directory
+    rows = {path: check_npy_shard(path, manifest, directory, model) if path.suffix == ".npy"
+            else check_shard(path, manifest, directory) for path in files}
+    if model is not None and any(path.suffix == ".npy" for path in files):
+        try:
+            checked_model(manifest, directory, model)
+        except IndexMismatchError as e:
+            raise IndexMismatchError(f"the .npy shards' vectors, made by {model}, do not fit: {e}") from None
     total = UpdateReport()
     with TokenProgress(show_progress, "importing", documents=sum(rows.values())) as progress:
         for path in files:
-            for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_docs,
-                                                                 columns=list(DOCUMENT_COLUMNS + PASSAGE_COLUMNS)):
-                embedded = embedded_rows(pa.Table.from_batches([record_batch]), path)
+            batches = npy_batches if path.suffix == ".npy" else parquet_batches
+            for embedded in batches(path, batch_docs):
                 report = retriever.add(embedded[0], wait=wait, engine=Precomputed(embedded))
                 total.added += report.added
                 total.updated += report.updated

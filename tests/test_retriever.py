@@ -365,6 +365,50 @@ def test_opening_with_another_model_is_an_error(model_dir, cls_model_dir, tmp_pa
     assert Retriever.open(tmp_path / "idx", model_dir).search(TEXTS[1])[0].id == "1"
 
 
+def test_npy_shards_import_as_the_documents_they_embed_and_a_mismatch_names_the_shard(model_dir, cls_model_dir,
+                                                                                       tmp_path):
+    documents = [{"id": f"d{i}", "title": f"title {i}", "text": t, "team": ["ops", "dev"][i % 2]}
+                 for i, t in enumerate(TEXTS[:12])]
+    reference = Retriever.create(tmp_path / "reference", model_dir)
+    reference.add(documents)
+    segment, = reference.segments
+    chunk_ids, vectors = segment.vectors.ids_and_vectors()
+    row_of = {reference.store.chunks([c])[c][0]: k for k, c in enumerate(chunk_ids.tolist())}  # one passage each
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name, part in (("part-0", documents[:7]), ("part-1", documents[7:])):
+        np.save(shards / f"{name}.npy", vectors[[row_of[d["id"]] for d in part]])
+        (shards / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in part))
+
+    imported = tmp_path / "imported"
+    result = cli("import", shards, "--index", imported, "--model", model_dir, "--batch-docs", "5")
+    assert result.exit_code == 0 and "12 added" in " ".join(result.output.split()), result.output
+    opened = Retriever.open(imported)
+    for query in (TEXTS[3], "gene protein"):
+        ours, theirs = opened.search(query, k=5, mode="dense"), reference.search(query, k=5, mode="dense")
+        assert [h.id for h in ours] == [h.id for h in theirs]
+        np.testing.assert_allclose([h.score for h in ours], [h.score for h in theirs], atol=1e-6)
+    hit, = [h for h in opened.search(TEXTS[2], k=3, mode="dense") if h.id == "d2"]
+    assert (hit.title, hit.text, hit.metadata) == ("title 2", TEXTS[2], {"team": "ops"})
+    dev = opened.search("gene protein", k=20, where={"team": "dev"})  # filters see the imported metadata
+    assert dev and {h.id for h in dev} <= {d["id"] for d in documents if d["team"] == "dev"}
+    again = cli("import", shards, "--index", imported, "--model", model_dir)
+    assert "0 added, 0 updated" in " ".join(again.output.split())  # a rerun adds nothing twice
+
+    np.save(shards / "wide.npy", np.zeros((2, vectors.shape[1] + 1), np.float32))
+    (shards / "wide.jsonl").write_text(json.dumps({"id": "w", "text": "x"}) + "\n")
+    wide = f"{shards / 'wide.npy'}: {vectors.shape[1] + 1}-d vectors"
+    for args, expected in (((shards / "wide.npy", "--model", model_dir), wide),
+                           ((shards / "part-0.npy",), "--model"),
+                           ((shards / "part-0.npy", "--model", cls_model_dir), "fingerprint")):
+        result = cli("import", *args, "--index", imported)
+        assert result.exit_code == 2 and expected in " ".join(result.output.split()), result.output
+    (shards / "part-1.jsonl").write_text(json.dumps(documents[7]) + "\n{not json\n")
+    result = cli("import", shards / "part-1.npy", "--index", imported, "--model", model_dir)
+    assert result.exit_code == 2 and f"{shards / 'part-1.jsonl'}:2: invalid JSON" in result.output, result.output
+    assert Retriever.open(imported).info()["documents"] == 12  # no failed import added anything
+
+
 def test_missing_or_damaged_vectors_are_an_error_not_an_empty_index(model_dir, tmp_path):
     index = tmp_path / "idx"
     Retriever.create(index, model_dir).add([{"id": str(i), "text": t} for i, t in enumerate(TEXTS[:3])])
