@@ -95,7 +95,9 @@ def index(
     index_type: str = typer.Option(None, metavar="flat|hnsw|ivfpq",
                                    help="flat (exact), hnsw (approximate, fast at millions) or ivfpq (compressed, "
                                         "needs 9,984+ chunks at creation). Default flat; fixed at creation."),
-    device: str = typer.Option(None, metavar="cpu|cuda", help="cpu or cuda (default: cpu)."),
+    device: str = typer.Option(None, metavar="cpu|cuda",
+                               help="cpu or cuda (default: cpu). With --engine ray, the actors' (cuda: one GPU "
+                                    "each unless --gpus-per-actor says otherwise)."),
     batch_tokens: int = typer.Option(16384, metavar="TOKENS", help="Tokens per encoder batch."),
     wait: float = typer.Option(0, metavar="SECONDS",
                                help="Seconds to wait for another writer of the same index before failing."),
@@ -128,7 +130,7 @@ def index(
     """Index documents, or bring an index up to date with them: new and changed documents are
     embedded, documents of these paths that are gone are removed, unchanged ones are kept."""
     from retriever.documents import read_corpus
-    from retriever.embedding import Chunking
+    from retriever.embedding import Chunking, default_dtype
     from retriever.index import DEFAULT_INDEX_DIR, Retriever
     from retriever.manifest import MANIFEST, IndexManifest
 
@@ -136,8 +138,13 @@ def index(
     console = _stderr()
     started = time.perf_counter()
     try:
-        ray_engine = _ray_engine(engine, ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
+        ray_engine = _ray_engine(engine, device, ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
                                  batch_docs=batch_docs, output_shards=output_shards)
+        if ray_engine is not None:
+            # the actors run the encoder, on their device and in the index's dtype (by default the one that
+            # suits their device); this process loads the model on its CPU only to check or record it
+            dtype = dtype or (None if (index_dir / MANIFEST).is_file() else default_dtype(ray_engine.device))
+            device = None
         with console.status("reading documents"):
             corpus = read_corpus(paths)
         read_seconds = time.perf_counter() - started
@@ -186,9 +193,10 @@ def index(
         console.print(f"{len(corpus.problems)} skipped (listed above)")
 
 
-def _ray_engine(engine: str, **options):
+def _ray_engine(engine: str, device: str | None, **options):
     """The RayEngine of `--engine ray` and its options (those not given: its defaults), or None for local;
-    a Ray option without --engine ray is an error."""
+    a Ray option without --engine ray is an error. With --engine ray, --device is the actors': cuda gives
+    each one GPU unless --gpus-per-actor says otherwise."""
     if engine not in ("local", "ray"):
         _fail(f"--engine {engine}: expected local or ray")
     given = {name: value for name, value in options.items() if value is not None}
@@ -198,6 +206,13 @@ def _ray_engine(engine: str, **options):
         return None
     from retriever.ray_engine import RayEngine
 
+    gpus = given.get("gpus_per_actor")
+    if device == "cuda":
+        if gpus == 0:
+            _fail("--device cuda with --gpus-per-actor 0: the actors would run on CPUs")
+        given["gpus_per_actor"] = gpus or 1
+    elif device is not None and gpus:
+        _fail(f"--device {device} with --gpus-per-actor {gpus}: actors given GPUs run on CUDA")
     given.pop("output_shards", None)
     return RayEngine(**{"address" if name == "ray_address" else name: value for name, value in given.items()})
 

@@ -70,6 +70,11 @@ class RayEngine:
             raise ValueError("ray engine: actors and batch_docs must be at least 1, gpus_per_actor and "
                              "cpus_per_actor at least 0")
 
+    @property
+    def device(self) -> str:
+        """Where the actors run the encoder: CUDA when they are given GPUs."""
+        return "cuda" if self.gpus_per_actor else "cpu"
+
     def embed(self, retriever: Retriever, documents: list[Document], per_commit: int,
               progress: TokenProgress) -> Iterator[Embedded]:
         """`documents` embedded on the cluster, `per_commit` at a time, as the actors finish them."""
@@ -112,7 +117,7 @@ class RayEngine:
             return dataset.map_batches(
                 _Embedder, batch_size=self.batch_docs, batch_format="pyarrow",
                 fn_constructor_kwargs={"manifest": retriever.manifest, "directory": str(retriever.directory),
-                                       "device": "cuda" if self.gpus_per_actor else "cpu",
+                                       "device": self.device,
                                        "batch_tokens": retriever.batch_tokens, "on_batch": self.on_batch},
                 compute=ray.data.ActorPoolStrategy(size=self.actors),
                 num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor,

@@ -222,6 +222,19 @@ def test_shards_round_trip_and_a_mismatch_names_the_shard(corpus_dir, st_model_d
         assert str(bad) in output and expected in output, output
 
 
+def test_device_is_the_actors_device(corpus_dir, tmp_path):
+    from retriever.cli import _ray_engine
+
+    cuda = _ray_engine("ray", "cuda")
+    assert (cuda.device, cuda.gpus_per_actor) == ("cuda", 1)  # one GPU each unless said otherwise
+    assert _ray_engine("ray", "cuda", gpus_per_actor=0.5).gpus_per_actor == 0.5
+    assert _ray_engine("ray", "cpu").device == _ray_engine("ray", None).device == "cpu"
+    for options, expected in ((["--device", "cpu", "--gpus-per-actor", "1"], "actors given GPUs run on CUDA"),
+                              (["--device", "cuda", "--gpus-per-actor", "0"], "the actors would run on CPUs")):
+        output = run("index", str(corpus_dir), "--index", str(tmp_path), "--engine", "ray", *options, exit_code=2)
+        assert expected in output, output
+
+
 def test_engine_ray_without_ray_says_how_to_install(corpus_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
     output = run("index", str(corpus_dir), "--index", str(tmp_path), "--engine", "ray", exit_code=2)
