@@ -280,23 +280,10 @@ class Retriever:
         self._serve_current()
         with self._lock:
             indexed = self.store.ids_from_sources(corpus.roots)
-        # one file, one id: a page indexed before under another path given keeps the id it has
-        ids_of: dict[str, list[str]] = {}
-        for doc_id, source in indexed.items():
-            ids_of.setdefault(source, []).append(doc_id)
-        taken = {d.id for d in corpus.documents}
-        renamed: dict[str, tuple[str, str]] = {}  # page's source -> (id read, id it keeps)
-        for document in corpus.documents:
-            ids = ids_of.get(document.source, [])
-            if is_page(document) and len(ids) == 1 and ids[0] != document.id and ids[0] not in taken:
-                renamed[document.source] = (document.id, ids[0])
-        seen = taken - {read for read, _ in renamed.values()} | {kept for _, kept in renamed.values()}
-        unreadable = {str(Path(problem.path).resolve()) for problem in corpus.problems}
-        vanished = [doc_id for doc_id, source in indexed.items() if doc_id not in seen and source not in unreadable]
-        documents = _Renamed(corpus.documents, {source: kept for source, (_, kept) in renamed.items()})
-        report = self._update(documents, vanished, show_progress, wait, commit_every, engine)
-        report.kept = sorted(doc_id for doc_id, source in indexed.items()
-                             if doc_id not in seen and source in unreadable)
+        renamed, vanished, kept = _sync_plan(corpus, indexed)
+        del indexed  # what the update holds is one set of ids: the documents it changes
+        report = self._update(_Renamed(corpus.documents, renamed), vanished, show_progress, wait, commit_every, engine)
+        report.kept = kept
         return report
 
     def remove(self, ids: Iterable[str], *, wait: float = 0) -> UpdateReport:
@@ -370,7 +357,7 @@ class Retriever:
         started = time.perf_counter()
         with self._writing(wait) as store:
             report = self._reload_and_diff(documents, deletions)
-            changing = set(report.added + report.updated)
+            changing = {*report.added, *report.updated}
             if changing or report.removed:
                 step = commit_every or max(len(changing), 1)
                 with TokenProgress(show_progress, "embedding", documents=len(changing)) as progress:
@@ -378,7 +365,7 @@ class Retriever:
                         changed = (d for d in documents if d.id in changing)
                         batches = engine.embed(self, list(changed), step, progress) if engine \
                             else self._embedded(changed, step, progress)
-                        self._commit_batches(store, batches, report, progress)
+                        self._commit_batches(store, batches, report, changing, progress)
                     else:
                         self._commit(store, [], np.zeros((0, self.manifest.dimension), np.float32), [],
                                      report.removed)
@@ -386,12 +373,11 @@ class Retriever:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _commit_batches(self, store: Store, batches: Iterable[Embedded], report: UpdateReport,
+    def _commit_batches(self, store: Store, batches: Iterable[Embedded], report: UpdateReport, changing: set[str],
                         progress: TokenProgress) -> None:
-        """Commits each embedded batch as it comes: the report's added and updated documents, each
-        exactly once, and with the first batch the report's removals."""
-        changing, updated = set(report.added + report.updated), set(report.updated)
-        committed: set[str] = set()
+        """Commits each embedded batch as it comes: the `changing` documents (the report's added and
+        updated ones), each exactly once, and with the first batch the report's removals."""
+        pending, updated = set(changing), set(report.updated)  # pending: not committed yet
         batches = iter(batches)
         while True:
             encode_started = time.perf_counter()  # an engine's batches take their time coming
@@ -400,16 +386,17 @@ class Retriever:
             if embedded is None:
                 break
             batch, vectors, passages = embedded
-            _check_once(batch, changing, committed)
+            _check_once(batch, pending)
             report.chunks_embedded += len(passages)
             # removed documents leave with the first commit, replaced ones with their new version
-            replaced = [d.id for d in batch if d.id in updated] + ([] if committed else report.removed)
+            first = len(pending) == len(changing)
+            replaced = [d.id for d in batch if d.id in updated] + (report.removed if first else [])
             self._commit(store, batch, vectors, passages, replaced)
-            committed.update(d.id for d in batch)
+            pending.difference_update(d.id for d in batch)
             progress.advance_documents(len(batch))
-        if missing := changing - committed:
-            raise RetrieverError(f"no vectors came back for {len(missing)} of {len(changing)} documents "
-                                 f"(e.g. {min(missing)!r}); those that did are committed: run again to embed the rest")
+        if pending:
+            raise RetrieverError(f"no vectors came back for {len(pending)} of {len(changing)} documents "
+                                 f"(e.g. {min(pending)!r}); those that did are committed: run again to embed the rest")
 
     def _embedded(self, documents: Iterable[Document], step: int, progress: TokenProgress) -> Iterator[Embedded]:
         """`documents` embedded in this process, `step` at a time (read as they are embedded)."""
@@ -650,12 +637,33 @@ def checked_model(manifest: IndexManifest, directory: Path, name: str | None = N
     return model
 
 
-def _check_once(batch: list[Document], changing: set[str], committed: set[str]) -> None:
-    """An engine's batch holds documents asked for and not committed yet, each once: what makes a
-    retried or resumed job commit every document exactly once. Checked before the batch commits."""
+def _sync_plan(corpus: Corpus, indexed: dict[str, str]) -> tuple[dict[str, str], list[str], list[str]]:
+    """What a sync of `corpus` does to the documents `indexed` ({id: source}) from the files it read:
+    the pages indexed before under another path, which keep the id they have (source -> that id);
+    the ids whose documents are gone (removed); and the ids whose file could not be read now (kept)."""
+    # one file, one id: a page indexed before under another path given keeps the id it has
+    ids_of: dict[str, list[str]] = {}
+    for doc_id, source in indexed.items():
+        ids_of.setdefault(source, []).append(doc_id)
+    taken = {d.id for d in corpus.documents}
+    renamed: dict[str, tuple[str, str]] = {}  # page's source -> (id read, id it keeps)
+    for document in corpus.documents:
+        ids = ids_of.get(document.source, [])
+        if is_page(document) and len(ids) == 1 and ids[0] != document.id and ids[0] not in taken:
+            renamed[document.source] = (document.id, ids[0])
+    seen = taken - {read for read, _ in renamed.values()} | {kept for _, kept in renamed.values()}
+    unreadable = {str(Path(problem.path).resolve()) for problem in corpus.problems}
+    vanished = [doc_id for doc_id, source in indexed.items() if doc_id not in seen and source not in unreadable]
+    kept = sorted(doc_id for doc_id, source in indexed.items() if doc_id not in seen and source in unreadable)
+    return {source: kept_id for source, (_, kept_id) in renamed.items()}, vanished, kept
+
+
+def _check_once(batch: list[Document], pending: set[str]) -> None:
+    """An engine's batch holds documents asked for and not committed yet (`pending`), each once: what
+    makes a retried or resumed job commit every document exactly once. Checked before the batch commits."""
     ids = [d.id for d in batch]
-    if len(set(ids)) != len(ids) or not committed.isdisjoint(ids) or not changing.issuperset(ids):
-        wrong = next(i for n, i in enumerate(ids) if i in committed or i not in changing or i in ids[:n])
+    if len(set(ids)) != len(ids) or not pending.issuperset(ids):
+        wrong = next(i for n, i in enumerate(ids) if i not in pending or i in ids[:n])
         raise RetrieverError(f"the embedding engine returned document {wrong!r} twice, or unasked; its batch "
                              "was not committed (those before it were)")
 
