@@ -281,7 +281,7 @@ class Retriever:
         with self._lock:
             indexed = self.store.ids_from_sources(corpus.roots)
         renamed, vanished, kept = _sync_plan(corpus, indexed)
-        del indexed  # what the update holds is one set of ids: the documents it changes
+        del indexed  # the update holds no ids but those it changes
         report = self._update(_Renamed(corpus.documents, renamed), vanished, show_progress, wait, commit_every, engine)
         report.kept = kept
         return report
@@ -378,6 +378,7 @@ class Retriever:
         """Commits each embedded batch as it comes: the `changing` documents (the report's added and
         updated ones), each exactly once, and with the first batch the report's removals."""
         pending, updated = set(changing), set(report.updated)  # pending: not committed yet
+        removals = report.removed  # removed documents leave with the first commit
         batches = iter(batches)
         while True:
             encode_started = time.perf_counter()  # an engine's batches take their time coming
@@ -388,10 +389,9 @@ class Retriever:
             batch, vectors, passages = embedded
             _check_once(batch, pending)
             report.chunks_embedded += len(passages)
-            # removed documents leave with the first commit, replaced ones with their new version
-            first = len(pending) == len(changing)
-            replaced = [d.id for d in batch if d.id in updated] + (report.removed if first else [])
-            self._commit(store, batch, vectors, passages, replaced)
+            # replaced documents leave with their new version
+            self._commit(store, batch, vectors, passages, [d.id for d in batch if d.id in updated] + removals)
+            removals = []
             pending.difference_update(d.id for d in batch)
             progress.advance_documents(len(batch))
         if pending:
