@@ -70,10 +70,10 @@ class GlobalBucket:
     """Sequences of similar length attended together as one padded [b, L] batch."""
 
     gather: torch.Tensor | None  # [b * L] rows of the packed tensor; None: a plain slice
+    scatter: torch.Tensor | None  # [b * L] packed row of each output slot, T (a spare row) for padding
     token_slice: slice | None  # the packed rows of a lone sequence (when gather is None)
     key_mask: torch.Tensor | None  # [b, 1, 1, L] True for real keys; None when nothing is padded
     valid_rows: torch.Tensor | None  # [b * L] True for real queries; None when nothing is padded
-    valid_indices: torch.Tensor | None  # the positions of the True entries of valid_rows
     batch: int
     length: int
 
@@ -94,7 +94,6 @@ class AttentionPlan:
     block_is_token: torch.Tensor | None = None  # [(NB + 2) * window] True where a slot holds a real token
     # sdpa, global layers
     buckets: list[GlobalBucket] | None = None
-    bucket_inverse: torch.Tensor | None = None  # [T] row of concatenated bucket outputs per token
 
     @classmethod
     def build(
@@ -165,53 +164,46 @@ class AttentionPlan:
                 groups.append([i])
 
         self.buckets = []
-        token_order = []
         for group in groups:
             length = seqlens[group[0]]
             if len(group) == 1:
                 s = starts[group[0]]
-                self.buckets.append(GlobalBucket(None, slice(s, s + length), None, None, None, 1, length))
-                token_order.append(torch.arange(s, s + length, device=device))
+                self.buckets.append(GlobalBucket(None, None, slice(s, s + length), None, None, 1, length))
                 continue
             lens = torch.tensor([seqlens[i] for i in group], device=device)
             group_starts = torch.tensor([starts[i] for i in group], device=device)
             positions = torch.arange(length, device=device)
             valid = positions[None, :] < lens[:, None]  # [b, L]
-            gather = torch.where(valid, group_starts[:, None] + positions, 0).flatten()  # pads: any row
+            rows = group_starts[:, None] + positions
             padded = bool((lens != length).any())
             self.buckets.append(
                 GlobalBucket(
-                    gather=gather,
+                    gather=torch.where(valid, rows, 0).flatten(),  # pads read any row
+                    scatter=torch.where(valid, rows, self.total_tokens).flatten(),  # and write the spare one
                     token_slice=None,
                     key_mask=valid[:, None, None, :] if padded else None,
                     valid_rows=valid.flatten() if padded else None,
-                    valid_indices=torch.nonzero(valid.flatten(), as_tuple=True)[0] if padded else None,
                     batch=len(group),
                     length=length,
                 )
             )
-            token_order.append(gather[valid.flatten()])
-        self.bucket_inverse = torch.argsort(torch.cat(token_order))
 
 
-def varlen_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    plan: AttentionPlan,
-    is_global: bool,
-    dropout_p: float,
-) -> torch.Tensor:
-    """q, k, v: [T, heads, head_dim] -> [T, heads, head_dim]."""
+def varlen_attention(qkv: torch.Tensor, plan: AttentionPlan, is_global: bool, dropout_p: float) -> torch.Tensor:
+    """qkv: [T, 3, heads, head_dim] (queries, keys, values) -> [T, heads, head_dim].
+
+    q, k and v travel together so that every gather of the sdpa path is one copy of all three.
+    """
     if plan.backend == "flash":
         window = (-1, -1) if is_global else (plan.local_window, plan.local_window)
+        q, k, v = qkv.unbind(dim=1)
         return flash_attn_varlen_func(
             q, k, v, plan.cu_seqlens, plan.cu_seqlens, plan.max_seqlen, plan.max_seqlen,
             dropout_p=dropout_p, window_size=window,
         )
     if is_global or plan.sliding_is_global:
-        return _bucketed_global_attention(q, k, v, plan, dropout_p)
-    return _blocked_local_attention(q, k, v, plan, dropout_p)
+        return _bucketed_global_attention(qkv, plan, dropout_p)
+    return _blocked_local_attention(qkv, plan, dropout_p)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -244,39 +236,38 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor, real: torch.Tensor | None 
     return _GatherRows.apply(x, index, real)
 
 
-def _blocked_local_attention(q, k, v, plan: AttentionPlan, dropout_p: float) -> torch.Tensor:
-    heads, head_dim = q.shape[1:]
+def _blocked_local_attention(qkv: torch.Tensor, plan: AttentionPlan, dropout_p: float) -> torch.Tensor:
+    heads, head_dim = qkv.shape[2:]
     w = plan.local_window
     num_blocks = plan.block_mask.shape[0]
     inner, inner_is_token = plan.block_gather[w:-w], plan.block_is_token[w:-w]
-
-    def key_windows(x):  # [T, h, d] -> [NB, h, 3w, d]: each block's previous, own and next block
-        # unfold makes overlapping windows as a view: no copy of the 3x larger key tensor
-        return gather_rows(x, plan.block_gather, plan.block_is_token).unfold(0, 3 * w, w).permute(0, 1, 3, 2)
-
-    out = F.scaled_dot_product_attention(
-        gather_rows(q, inner, inner_is_token).view(num_blocks, w, heads, head_dim).transpose(1, 2),
-        key_windows(k), key_windows(v), attn_mask=plan.block_mask, dropout_p=dropout_p,
-    )
+    q = gather_rows(qkv[:, 0], inner, inner_is_token).view(num_blocks, w, heads, head_dim).transpose(1, 2)
+    # each block's keys and values: its previous, own and next block, as overlapping unfold views of one
+    # gathered copy (no copy of the 3x larger windows): [NB, 2, heads, head_dim, 3w] -> [NB, heads, 3w, head_dim]
+    kv = gather_rows(qkv[:, 1:], plan.block_gather, plan.block_is_token).unfold(0, 3 * w, w)
+    k, v = (x.permute(0, 1, 3, 2) for x in kv.unbind(dim=1))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.block_mask, dropout_p=dropout_p)
     out = out.transpose(1, 2).reshape(num_blocks * w, heads, head_dim)
     return gather_rows(out, plan.block_scatter)
 
 
-def _bucketed_global_attention(q, k, v, plan: AttentionPlan, dropout_p: float) -> torch.Tensor:
-    heads, head_dim = q.shape[1:]
-    outs = []
+def _bucketed_global_attention(qkv: torch.Tensor, plan: AttentionPlan, dropout_p: float) -> torch.Tensor:
+    heads, head_dim = qkv.shape[2:]
+    if len(plan.buckets) == 1 and plan.buckets[0].gather is None:  # one sequence, unpadded and in packed order
+        q, k, v = (x[None].transpose(1, 2) for x in qkv.unbind(dim=1))
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).transpose(1, 2)[0]
+    # every bucket writes its real rows straight into place; padding writes the spare last row, dropped at the end
+    out = qkv.new_empty(plan.total_tokens + 1, heads, head_dim)
     for bucket in plan.buckets:
         if bucket.gather is None:
-            qb, kb, vb = (x[bucket.token_slice][None] for x in (q, k, v))
+            bucket_qkv = qkv[bucket.token_slice][None]
         else:
-            qb, kb, vb = (gather_rows(x, bucket.gather, bucket.valid_rows).view(bucket.batch, bucket.length, heads,
-                                                                                 head_dim) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(
-            qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2),
-            attn_mask=bucket.key_mask, dropout_p=dropout_p,
-        )
-        out = out.transpose(1, 2).reshape(bucket.batch * bucket.length, heads, head_dim)
-        outs.append(out if bucket.valid_rows is None else gather_rows(out, bucket.valid_indices))
-    if len(plan.buckets) == 1 and plan.buckets[0].gather is None:
-        return outs[0]  # one sequence: already in packed order
-    return gather_rows(torch.cat(outs), plan.bucket_inverse)
+            bucket_qkv = gather_rows(qkv, bucket.gather, bucket.valid_rows)
+        q, k, v = (x.transpose(1, 2) for x in bucket_qkv.view(bucket.batch, bucket.length, 3, heads, head_dim).unbind(2))
+        bucket_out = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.key_mask, dropout_p=dropout_p)
+        bucket_out = bucket_out.transpose(1, 2).reshape(bucket.batch * bucket.length, heads, head_dim)
+        if bucket.gather is None:
+            out[bucket.token_slice] = bucket_out
+        else:
+            out.index_copy_(0, bucket.scatter, bucket_out)
+    return out[:-1]

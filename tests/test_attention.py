@@ -47,7 +47,8 @@ def test_varlen_attention_matches_dense(seqlens, window, is_global, device):
     q, k, v = (torch.randn(total, 3, 8, generator=generator, dtype=torch.float64) for _ in range(3))
     cu_seqlens = torch.tensor([0] + seqlens).cumsum(0).to(torch.int32)
     plan = AttentionPlan.build(cu_seqlens.to(device), max(seqlens), window, "sdpa")
-    got = varlen_attention(q.to(device), k.to(device), v.to(device), plan, is_global=is_global, dropout_p=0.0).cpu()
+    qkv = torch.stack([q, k, v], dim=1).to(device)
+    got = varlen_attention(qkv, plan, is_global=is_global, dropout_p=0.0).cpu()
     expected = dense_reference(q, k, v, seqlens, None if is_global else window)
     assert (got - expected).abs().max() < 1e-10
 
@@ -72,7 +73,7 @@ def test_sliding_layers_of_short_sequences_attend_as_global_ones():
     assert not AttentionPlan.build(torch.tensor([0, 10], dtype=torch.int32), 10, 8, "sdpa").sliding_is_global
     generator = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(sum(seqlens), 2, 4, generator=generator, dtype=torch.float64) for _ in range(3))
-    got = varlen_attention(q, k, v, plan, is_global=False, dropout_p=0.0)
+    got = varlen_attention(torch.stack([q, k, v], dim=1), plan, is_global=False, dropout_p=0.0)
     assert (got - dense_reference(q, k, v, seqlens, 8)).abs().max() < 1e-10
 
 
@@ -93,8 +94,7 @@ def test_backward_through_sliding_and_global_attention(seqlens):
     plan = AttentionPlan.build(cu_seqlens, max(seqlens), 8, "sdpa")
     generator = torch.Generator().manual_seed(0)
     for is_global in (True, False):
-        q, k, v = (torch.randn(sum(seqlens), 2, 4, generator=generator, dtype=torch.float64, requires_grad=True)
-                   for _ in range(3))
+        qkv = torch.randn(sum(seqlens), 3, 2, 4, generator=generator, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(
-            lambda q, k, v: varlen_attention(q, k, v, plan, is_global=is_global, dropout_p=0.0), (q, k, v)
+            lambda qkv: varlen_attention(qkv, plan, is_global=is_global, dropout_p=0.0), (qkv,)
         )

@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers
 
+import encoder.model
 from encoder import ModernBertForMaskedLM, ModernBertModel
 from tests.conftest import BACKENDS, ragged_batch, tiny_hf_config
 
@@ -100,8 +101,12 @@ def test_all_padding_row_gives_zeros(hf_base_dir):
     assert (out[2] - alone[0]).abs().max() <= 1e-5
 
 
-def test_masked_lm_loss_and_gradients_match_transformers(hf_mlm_dir):
-    """Training relies on backward through our attention: gradients must match too."""
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-group", "cpu-groups"])
+def test_masked_lm_loss_and_gradients_match_transformers(hf_mlm_dir, grouped, monkeypatch):
+    """Training relies on backward through our attention: gradients must match too, also when a CPU batch
+    runs in several groups of sequences (forced here by a small activation budget)."""
+    if grouped:
+        monkeypatch.setattr(encoder.model, "CPU_GROUP_ACTIVATION_BYTES", 25 * 3 * 64 * 4)  # 25 tokens at H = 64
     reference = transformers.ModernBertForMaskedLM.from_pretrained(hf_mlm_dir, attn_implementation="sdpa")
     ours = ModernBertForMaskedLM.from_pretrained(hf_mlm_dir)
     reference.train()
@@ -113,6 +118,8 @@ def test_masked_lm_loss_and_gradients_match_transformers(hf_mlm_dir):
 
     expected = reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     expected.backward()
+    batch = ours.model.pack(input_ids, attention_mask, None)
+    assert len(ours.model.cpu_sequence_groups(batch)) == (3 if grouped else 1)  # [37], [20], [12, 5, 1]
     got = ours(input_ids, attention_mask, labels=labels).loss
     got.backward()
     assert abs(got.item() - expected.item()) <= 1e-5
