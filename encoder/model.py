@@ -3,7 +3,8 @@
 Parameter names match transformers' `modeling_modernbert.py`, so Hugging Face checkpoints load
 as they are. The forward pass unpads once: padded [B, L] input becomes one packed [T] sequence
 of real tokens with `cu_seqlens` boundaries, every layer runs on [T, H], and the output is
-re-padded only at the end. Packed input ([T] + `cu_seqlens`) skips both steps.
+re-padded only at the end. Packed input ([T] + `cu_seqlens`) skips both steps. On a CPU a large
+batch runs in groups of whole sequences (see CPU_GROUP_ACTIVATION_BYTES).
 
 Layer i uses global attention with RoPE theta `global_rope_theta` when `layer_types[i]` is
 "full_attention", else attention limited to `local_window` tokens each side with
@@ -27,8 +28,9 @@ from encoder.config import ModernBertConfig
 
 # On a CPU a packed batch runs in groups of whole sequences whose widest activation ([tokens, max(3H, 2I)])
 # stays under this size: glibc serves buffers under its 32 MiB mmap threshold again and again from its heap,
-# while larger ones are mapped fresh from the kernel and page-faulted in on every use. 64 texts of 17..511
-# tokens, base-shaped, 2 cores: about 3,300 tokens/s as one group, 4,200 in groups of <= 1,820 tokens.
+# while larger ones are mapped fresh from the kernel and page-faulted in on every use. `evals.bench encoder`'s
+# 64 texts of 17..511 tokens, base-shaped, 4 layers, 2 cores: 3,161 tokens/s as one group, 3,954 in groups of
+# <= 1,820 tokens (groups of 1.5k..3k tokens measured alike; whole batches were 25% slower).
 # Sequences never attend across each other, so the groups' outputs are the whole batch's.
 CPU_GROUP_ACTIVATION_BYTES = 16 * 2**20
 
