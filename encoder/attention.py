@@ -263,7 +263,8 @@ def _bucketed_global_attention(qkv: torch.Tensor, plan: AttentionPlan, dropout_p
             bucket_qkv = qkv[bucket.token_slice][None]
         else:
             bucket_qkv = gather_rows(qkv, bucket.gather, bucket.valid_rows)
-        q, k, v = (x.transpose(1, 2) for x in bucket_qkv.view(bucket.batch, bucket.length, 3, heads, head_dim).unbind(2))
+        bucket_qkv = bucket_qkv.view(bucket.batch, bucket.length, 3, heads, head_dim)
+        q, k, v = (x.transpose(1, 2) for x in bucket_qkv.unbind(dim=2))
         bucket_out = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.key_mask, dropout_p=dropout_p)
         bucket_out = bucket_out.transpose(1, 2).reshape(bucket.batch * bucket.length, heads, head_dim)
         if bucket.gather is None:

@@ -358,8 +358,8 @@ class ModernBertModel(ModernBertPreTrainedModel):
         return out
 
     def cpu_sequence_groups(self, batch: PackedBatch) -> list[list[int]]:
-        """The sequences of a packed batch in the groups it runs in: one group off the CPU (see
-        CPU_GROUP_ACTIVATION_BYTES), on it the fewest whose widest activation fits."""
+        """The sequences of a packed batch in the groups it runs in: one group off the CPU; on it (see
+        CPU_GROUP_ACTIVATION_BYTES) longest first, as many to a group as keep its widest activation in budget."""
         config = self.config
         if batch.input_ids.device.type != "cpu":
             return [list(range(len(batch.cu_seqlens) - 1))]
