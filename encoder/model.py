@@ -340,22 +340,33 @@ class ModernBertModel(ModernBertPreTrainedModel):
                 f"a sequence has {batch.max_seqlen} tokens, more than max_position_embeddings "
                 f"({config.max_position_embeddings})"
             )
-        groups = self.cpu_sequence_groups(batch)
+        groups = self.packed_groups(batch)
         if len(groups) == 1:
             return self.forward_group(batch)
+        out = None
+        for rows, group in groups:
+            hidden = self.forward_group(group)
+            if out is None:
+                out = hidden.new_empty(batch.input_ids.numel(), config.hidden_size)
+            out.index_copy_(0, rows, hidden)
+        return out
+
+    def packed_groups(self, batch: PackedBatch) -> list[tuple[torch.Tensor, PackedBatch]]:
+        """The groups forward_packed runs the batch in (cpu_sequence_groups): each group's rows in the
+        batch's packed tokens, and the group as a packed batch of its own."""
+        groups = self.cpu_sequence_groups(batch)
+        if len(groups) == 1:
+            return [(torch.arange(batch.input_ids.numel()), batch)]
         seqlens = batch.cu_seqlens.diff().long()
         starts = batch.cu_seqlens[:-1].long()
-        out = None
+        result = []
         for group in groups:
             group = torch.tensor(group)
             cu_seqlens = _cu_seqlens(seqlens[group])
             rows = torch.arange(int(cu_seqlens[-1])) + torch.repeat_interleave(starts[group] - cu_seqlens[:-1],
                                                                                seqlens[group])
-            hidden = self.forward_group(PackedBatch.from_packed(batch.input_ids[rows], cu_seqlens))
-            if out is None:
-                out = hidden.new_empty(batch.input_ids.numel(), config.hidden_size)
-            out.index_copy_(0, rows, hidden)
-        return out
+            result.append((rows, PackedBatch.from_packed(batch.input_ids[rows], cu_seqlens)))
+        return result
 
     def cpu_sequence_groups(self, batch: PackedBatch) -> list[list[int]]:
         """The sequences of a packed batch in the groups it runs in: one group off the CPU; on it (see

@@ -101,18 +101,29 @@ def mine_hard_negatives(model, pairs: list[dict[str, str]], count: int, skip: in
     return mined
 
 
+def pair_datasets(pairs: list[dict[str, str]]):
+    """The pairs as one dataset per set of columns, in order of first appearance (pairs, triplets with a
+    negative, ...): a batch comes from one of them, as MNRL needs the same columns in every row."""
+    from datasets import Dataset, DatasetDict
+
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for pair in pairs:
+        groups.setdefault(tuple(pair), []).append(pair)
+    return DatasetDict({"_".join(columns): Dataset.from_dict({c: [p[c] for p in rows] for c in columns})
+                        for columns, rows in groups.items()})
+
+
 def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | None = None,
                       callbacks: list | None = None):
     """Fine-tunes config.model on the pairs; returns the trained model (also saved in output_dir/final).
 
     `callbacks`: extra transformers TrainerCallbacks (e.g. a time budget)."""
-    from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.sentence_transformer.losses import (
         CachedMultipleNegativesRankingLoss, MatryoshkaLoss, MultipleNegativesRankingLoss,
     )
-    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers, MultiDatasetBatchSamplers
 
     from encoder import load_embedder
     from retriever.beir import load_beir
@@ -127,8 +138,10 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
     if config.hard_negatives:
         pairs = mine_hard_negatives(model, pairs, config.hard_negatives, config.hard_negative_skip,
                                     query_prompt, document_prompt)
-    columns = list(pairs[0])
-    train_dataset = Dataset.from_dict({c: [p[c] for p in pairs] for c in columns})
+    train_dataset = pair_datasets(pairs)
+    columns = list(dict.fromkeys(c for dataset in train_dataset.values() for c in dataset.column_names))
+    if len(train_dataset) == 1:
+        train_dataset = next(iter(train_dataset.values()))
 
     if config.loss == "cached_mnrl":
         loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=config.mini_batch_size)
@@ -150,6 +163,7 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
     args = trainer_arguments(
         config,
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # a duplicate text in a batch is a false negative
+        multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,  # each row seen once an epoch
         prompts={c: p for c, p in prompts.items() if p},
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,

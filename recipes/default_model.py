@@ -83,6 +83,9 @@ class DefaultModelConfig(RecipeConfig):
     known_items: int = option(0, "Known-item pairs in the contrastive mix: a rare name from inside a Wikipedia "
                                  "article (once in it, in no other article, not in its title), or the sentence "
                                  "holding it, -> the article. 0: none.")
+    known_item_negatives: bool = option(False, "Each known-item pair also gets a negative: its article with the "
+                                               "name swapped for another article's. These triplets train as their "
+                                               "own dataset of the mix.")
     start_model: str = option("", "Skip the student and its distillation: the contrastive stage continues training "
                                   "this model (sentence-transformers folder, e.g. an earlier version's).")
     dataloader_workers: int = option(-1, "Processes that tokenize batches; -1: min(8, CPUs - 1). Measured on an "
@@ -258,12 +261,17 @@ def long_pairs(pairs: list[dict], man: list[dict], count: int, max_length: int,
     return result
 
 
-def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random.Random) -> list[dict]:
+def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random.Random,
+                     negatives: bool = False) -> list[dict]:
     """Known-item searches: a name from inside a Wikipedia article, or the sentence that holds it (one
     query in two), -> the article, cut to max_length. The name occurs once in the article, shares no
     word with its title and holds a word that no other article has, so neither the title nor the
     topic gives the article away: only the rare string itself does, as when a search names someone a
-    long document mentions once. Articles take turns: each gives one name before any gives a second."""
+    long document mentions once. Articles take turns: each gives one name before any gives a second.
+
+    With `negatives`, each pair also has as its negative the same article with that name replaced by
+    another article's known-item name: the two texts differ in that name alone, so only reading it
+    tells them apart (as in the passkey task, whose documents differ only in a name and its key)."""
     if not count:
         return []  # drawing nothing keeps rng, and so every later shuffle, as runs without these pairs had it
     _, texts = wikipedia_articles(pairs)
@@ -285,15 +293,24 @@ def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random
         rng.shuffle(found)
         ranked += [(turn, title, match) for turn, match in enumerate(found)]
     ranked.sort(key=lambda item: item[0])  # stable: the shuffled article order within each turn
+    chosen = ranked[:count]
+    if negatives and len({title for _, title, _ in chosen}) < 2:
+        return []  # one article has no other article's name to swap in
     result = []
-    for _, title, match in ranked[:count]:
+    for _, title, match in chosen:
         text = texts[title]
         query = match.group()
         if rng.random() < 0.5:
             start = max(text.rfind(". ", 0, match.start()) + 2, text.rfind("\n", 0, match.start()) + 1)
             ends = [i + 1 for i in (text.find(". ", match.end()), text.find("\n", match.end())) if i >= 0]
             query = text[start: min(ends, default=len(text))].strip()
-        result.append({"query": query, "positive": text})
+        pair = {"query": query, "positive": text}
+        if negatives:
+            other_title, other = title, match
+            while other_title == title:
+                _, other_title, other = rng.choice(chosen)
+            pair["negative"] = text[: match.start()] + other.group() + text[match.end():]
+        result.append(pair)
     return result
 
 
@@ -395,7 +412,7 @@ def train_default_model(config: DefaultModelConfig) -> Path:
     train_pairs += long_pairs(pairs, man, config.long_wikipedia if not config.max_texts else 10,
                               config.max_length, rng)
     known = known_item_pairs(pairs, config.known_items if not config.max_texts else min(config.known_items, 10),
-                             config.max_length, rng)
+                             config.max_length, rng, negatives=config.known_item_negatives)
     train_pairs += known
     rng.shuffle(train_pairs)
     keys, clock = stage_arguments(config.contrastive_seconds, config.contrastive_steps, config.contrastive_lr)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from encoder.model import PackedBatch
 from recipes.config import RecipeConfig, last_checkpoint, option, save_final, trainer_arguments
 
 
@@ -111,7 +112,7 @@ class LayerDistillLoss(nn.Module):
                              f"{len(encoder.layers)}) and the teacher's width ({teacher.config.hidden_size}, "
                              f"student {encoder.config.hidden_size})")
         self.teacher_layers = teacher_layers
-        self.layers = encoder.layers
+        self.encoder, self.layers = encoder, encoder.layers
         self.norms = [layer.attn_norm for layer in encoder.layers[1:]] + [encoder.final_norm]
 
     def forward(self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None) -> torch.Tensor:
@@ -125,6 +126,11 @@ class LayerDistillLoss(nn.Module):
             for hook in hooks:
                 hook.remove()
         mask = features["attention_mask"].bool()
+        # on a CPU the encoder runs a batch in groups of sequences (ModernBertModel.packed_groups), so each
+        # layer's hook fires once a group: the groups' outputs are put back in the batch's packed order
+        packed = PackedBatch.from_padded(features["input_ids"], features["attention_mask"])
+        order = torch.cat([rows for rows, _ in self.encoder.packed_groups(packed)]).argsort()
+        outputs = [torch.cat(outputs[i::len(self.layers)])[order] for i in range(len(self.layers))]
         with torch.no_grad():
             hidden = self.teacher(input_ids=features["input_ids"], attention_mask=features["attention_mask"],
                                   output_hidden_states=True).hidden_states

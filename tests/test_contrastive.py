@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from recipes.contrastive import ContrastiveConfig, mine_hard_negatives, read_pairs, train_contrastive
+from recipes.contrastive import ContrastiveConfig, mine_hard_negatives, pair_datasets, read_pairs, train_contrastive
 from tests.conftest import make_corpus
 
 
@@ -46,6 +46,27 @@ def test_cached_loss_with_matryoshka_and_mined_negatives_runs(checkpoint_dir, tm
                                max_steps=3, max_length=128)
     model = train_contrastive(config, pairs=pairs)
     assert model.encode("gene", truncate_dim=32).shape == (32,)
+
+
+def test_pairs_and_triplets_train_as_two_datasets_of_one_mix(checkpoint_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    pairs = make_pairs(60, 13)[:40]
+    triplets = [dict(p, negative=n) for p, n in zip(make_pairs(60, 14)[:16], make_corpus(16, 15))]
+    mix = [row for pair, triplet in zip(pairs, triplets) for row in (pair, triplet)] + pairs[16:]
+    datasets = pair_datasets(mix)
+    assert {name: d.column_names for name, d in datasets.items()} == {
+        "query_positive": ["query", "positive"], "query_positive_negative": ["query", "positive", "negative"]}
+    assert (len(datasets["query_positive"]), len(datasets["query_positive_negative"])) == (40, 16)
+
+    class Steps(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            self.steps = state.global_step
+
+    steps = Steps()
+    config = ContrastiveConfig(model=str(checkpoint_dir), output_dir=str(tmp_path), batch_size=8, max_length=128)
+    train_contrastive(config, pairs=mix, callbacks=[steps])
+    assert steps.steps == 40 // 8 + 16 // 8, "one epoch: every batch of each dataset once"
 
 
 def test_mined_negatives_are_other_passages(checkpoint_dir):

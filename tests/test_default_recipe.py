@@ -78,11 +78,31 @@ def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path, student_
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
-def test_recipe_continues_a_shipped_model_with_known_items(st_model_dir, tmp_path):
+def test_known_item_negatives_differ_from_their_article_in_the_name_alone(tmp_path):
+    import random
+
+    from recipes.default_model import known_item_pairs
+
+    pairs, _, _ = default_data.load(_bundle(tmp_path / "data"))
+    known = known_item_pairs(pairs, 100, 1024, random.Random(0), negatives=True)
+    names = {f"Zorva{letter}th" for letter in "abcde"}
+    assert len(known) == 5
+    for row in known:
+        (name,) = [n for n in names if n in row["positive"]]
+        (swapped,) = [n for n in names if n in row["negative"]]
+        assert name in row["query"] and swapped != name
+        assert row["negative"] == row["positive"].replace(name, swapped)
+    assert known_item_pairs(pairs[:44], 100, 1024, random.Random(0), negatives=True) == [], \
+        "one article has no other article's name to swap in"
+
+
+@pytest.mark.parametrize("negatives", [False, True])
+def test_recipe_continues_a_shipped_model_with_known_items(st_model_dir, tmp_path, negatives):
     final = tmp_path / "final"
     keys = dict(data_dir=_bundle(tmp_path / "data"), output_dir=tmp_path / "run", final_dir=final,
-                start_model=st_model_dir, known_items=100, max_length=1024, contrastive_steps=2,
-                contrastive_batch_size=8, dataloader_workers=1, max_texts=1000)
+                start_model=st_model_dir, known_items=100, known_item_negatives=negatives, max_length=1024,
+                contrastive_steps=2, contrastive_batch_size=8 if not negatives else 4, dataloader_workers=1,
+                max_texts=1000)
     run = subprocess.run([sys.executable, "-c", RUN_WITHOUT_FAISS, "--set", *(f"{k}={v}" for k, v in keys.items())],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

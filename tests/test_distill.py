@@ -93,6 +93,39 @@ def test_layer_loss_brings_a_student_to_its_teacher(checkpoint_dir, tmp_path):
     assert not any(layer._forward_hooks for layer in trained[0].auto_model.layers), "the loss leaves no hook behind"
 
 
+def test_layer_loss_is_the_same_when_the_encoder_runs_a_batch_in_groups(checkpoint_dir, tmp_path, monkeypatch):
+    """On a CPU the encoder runs a long batch in groups of sequences, and each layer's hook fires once per
+    group: the loss puts the groups' rows back in order, so its value and gradients do not change."""
+    import transformers
+
+    import encoder.model
+    from encoder import load_embedder
+    from recipes.default_model import DefaultModelConfig, init_student
+    from recipes.distill import LayerDistillLoss
+
+    teacher = bert_embedder(checkpoint_dir, tmp_path / "teacher", hidden_size=32, num_hidden_layers=2, seed=3)
+    fresh = DefaultModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               max_length=512, student_init="pca")
+    student = load_embedder(init_student(fresh, str(teacher), tmp_path / "student"), device="cpu")
+    loss = LayerDistillLoss(student, transformers.BertModel.from_pretrained(teacher).eval(), [0, 1])
+    features = student.tokenize(make_corpus(6, 28))
+    lengths = features["attention_mask"].sum(1).tolist()
+
+    def value_and_gradient() -> tuple[float, torch.Tensor]:
+        student.zero_grad()
+        value = loss([dict(features)], None)
+        value.backward()
+        return float(value.detach()), student[0].auto_model.layers[0].attn.Wqkv.weight.grad.clone()
+
+    one_group, one_group_gradient = value_and_gradient()
+    monkeypatch.setattr(encoder.model, "CPU_GROUP_ACTIVATION_BYTES", max(lengths) * 3 * 32 * 4)
+    packed = encoder.model.PackedBatch.from_padded(features["input_ids"], features["attention_mask"])
+    assert len(student[0].auto_model.packed_groups(packed)) > 2, lengths
+    grouped, grouped_gradient = value_and_gradient()
+    assert grouped == pytest.approx(one_group, rel=1e-5)
+    torch.testing.assert_close(grouped_gradient, one_group_gradient, rtol=1e-4, atol=1e-6)
+
+
 def test_layer_loss_needs_one_teacher_layer_per_student_layer(checkpoint_dir, tmp_path):
     teacher = bert_embedder(checkpoint_dir, tmp_path / "teacher", hidden_size=64, num_hidden_layers=2, seed=3)
     config = DistillConfig(student=str(checkpoint_dir), teacher=str(teacher), output_dir=str(tmp_path / "run"),
