@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from recipes.config import RecipeConfig, last_checkpoint, option, save_final, trainer_arguments
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
 
 
 @dataclass
@@ -101,7 +105,7 @@ def mine_hard_negatives(model, pairs: list[dict[str, str]], count: int, skip: in
     return mined
 
 
-def pair_datasets(pairs: list[dict[str, str]]):
+def pair_datasets(pairs: list[dict[str, str]]) -> DatasetDict:
     """The pairs as one dataset per set of columns, in order of first appearance (pairs, triplets with a
     negative, ...): a batch comes from one of them, as MNRL needs the same columns in every row."""
     from datasets import Dataset, DatasetDict
