@@ -83,9 +83,10 @@ class DefaultModelConfig(RecipeConfig):
     known_items: int = option(0, "Known-item pairs in the contrastive mix: a rare name from inside a Wikipedia "
                                  "article (once in it, in no other article, not in its title), or the sentence "
                                  "holding it, -> the article. 0: none.")
-    known_item_negatives: bool = option(False, "Each known-item pair also gets a negative: its article with the "
-                                               "name swapped for another article's. These triplets train as their "
-                                               "own dataset of the mix.")
+    known_item_negatives: str = option("", "Each known-item pair also gets a negative, its article with the name "
+                                           "swapped for another article's: 'swap' in place, 'moved' with the "
+                                           "sentence holding it moved (see known_item_pairs). These triplets "
+                                           "train as their own dataset of the mix. '': none.")
     start_model: str = option("", "Skip the student and its distillation: the contrastive stage continues training "
                                   "this model (sentence-transformers folder, e.g. an earlier version's).")
     dataloader_workers: int = option(-1, "Processes that tokenize batches; -1: min(8, CPUs - 1). Measured on an "
@@ -262,7 +263,7 @@ def long_pairs(pairs: list[dict], man: list[dict], count: int, max_length: int,
 
 
 def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random.Random,
-                     negatives: bool = False) -> list[dict]:
+                     negatives: str = "") -> list[dict]:
     """Known-item searches: a name from inside a Wikipedia article, or the sentence that holds it (one
     query in two), -> the article, cut to max_length. The name occurs once in the article, shares no
     word with its title and holds a word that no other article has, so neither the title nor the
@@ -270,8 +271,14 @@ def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random
     long document mentions once. Articles take turns: each gives one name before any gives a second.
 
     With `negatives`, each pair also has as its negative the same article with that name replaced by
-    another article's known-item name: the two texts differ in that name alone, so only reading it
-    tells them apart (as in the passkey task, whose documents differ only in a name and its key)."""
+    another article's known-item name. 'swap' leaves it in place: the two texts differ in that name
+    alone, so only reading it tells them apart (as in the passkey task, whose documents differ only in
+    a name and its key). 'moved' also moves the sentence holding it, right after the title line in half
+    the pairs, else to a random sentence boundary: a query must then prefer its name deep in the
+    positive to a look-alike sentence opening the negative. Why: v5 ('swap') ranked, for most passkey
+    queries, the document whose key sentence opens it first, whatever its name."""
+    if negatives not in ("", "swap", "moved"):
+        raise ValueError(f"known-item negatives {negatives!r}: expected '', 'swap' or 'moved'")
     if not count:
         return []  # drawing nothing keeps rng, and so every later shuffle, as runs without these pairs had it
     _, texts = wikipedia_articles(pairs)
@@ -299,17 +306,24 @@ def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random
     result = []
     for _, title, match in chosen:
         text = texts[title]
-        query = match.group()
-        if rng.random() < 0.5:
-            start = max(text.rfind(". ", 0, match.start()) + 2, text.rfind("\n", 0, match.start()) + 1)
-            ends = [i + 1 for i in (text.find(". ", match.end()), text.find("\n", match.end())) if i >= 0]
-            query = text[start: min(ends, default=len(text))].strip()
+        start = max(text.rfind(". ", 0, match.start()) + 2, text.rfind("\n", 0, match.start()) + 1)
+        ends = [i + 1 for i in (text.find(". ", match.end()), text.find("\n", match.end())) if i >= 0]
+        end = min(ends, default=len(text))  # the sentence holding the name is text[start:end]
+        query = text[start:end].strip() if rng.random() < 0.5 else match.group()
         pair = {"query": query, "positive": text}
         if negatives:
             other_title, other = title, match
             while other_title == title:
                 _, other_title, other = rng.choice(chosen)
-            pair["negative"] = text[: match.start()] + other.group() + text[match.end():]
+            swapped = text[: match.start()] + other.group() + text[match.end():]
+            if negatives == "moved":
+                end += len(other.group()) - len(match.group())  # where the sentence now ends
+                sentence, rest = swapped[start:end].strip(), swapped[:start] + swapped[end:].lstrip(" ")
+                after_title = len(title) + 1
+                boundaries = [after_title] + [b.end() for b in re.finditer(r"\. |\n", rest) if b.end() > after_title]
+                at = after_title if rng.random() < 0.5 else rng.choice(boundaries)
+                swapped = rest[:at] + sentence + " " + rest[at:]
+            pair["negative"] = swapped
         result.append(pair)
     return result
 

@@ -5,6 +5,7 @@ machine has none, and a faiss import once ended a training run there after its d
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def test_known_item_negatives_differ_from_their_article_in_the_name_alone(tmp_pa
     from recipes.default_model import known_item_pairs
 
     pairs, _, _ = default_data.load(_bundle(tmp_path / "data"))
-    known = known_item_pairs(pairs, 100, 1024, random.Random(0), negatives=True)
+    known = known_item_pairs(pairs, 100, 1024, random.Random(0), negatives="swap")
     names = {f"Zorva{letter}th" for letter in "abcde"}
     assert len(known) == 5
     for row in known:
@@ -92,17 +93,42 @@ def test_known_item_negatives_differ_from_their_article_in_the_name_alone(tmp_pa
         (swapped,) = [n for n in names if n in row["negative"]]
         assert name in row["query"] and swapped != name
         assert row["negative"] == row["positive"].replace(name, swapped)
-    assert known_item_pairs(pairs[:44], 100, 1024, random.Random(0), negatives=True) == [], \
+    assert known_item_pairs(pairs[:44], 100, 1024, random.Random(0), negatives="swap") == [], \
         "one article has no other article's name to swap in"
 
 
-@pytest.mark.parametrize("negatives", [False, True])
+def test_moved_known_item_negatives_hold_the_swapped_sentence_elsewhere(tmp_path):
+    import random
+
+    from recipes.default_model import known_item_pairs
+
+    pairs, _, _ = default_data.load(_bundle(tmp_path / "data"))
+    names = {f"Zorva{letter}th" for letter in "abcde"}
+    opening = moved = 0
+    for seed in range(8):
+        for row in known_item_pairs(pairs, 100, 1024, random.Random(seed), negatives="moved"):
+            (name,) = [n for n in names if n in row["positive"]]
+            (swapped,) = [n for n in names if n in row["negative"]]
+            swapped_text = row["positive"].replace(name, swapped)
+            moved += row["negative"] != swapped_text
+            assert sorted(row["negative"].split()) == sorted(swapped_text.split()), "only the sentence moved"
+            title, body = row["negative"].split("\n", 1)
+            assert row["positive"].startswith(title + "\n")
+            (sentence,) = [s for s in re.split(r"(?<=\.) |\n", body) if swapped in s]
+            opening += body.startswith(sentence)
+    assert moved >= 30 and 8 <= opening <= 32, f"of 40 negatives, {moved} moved and {opening} open with it"
+    with pytest.raises(ValueError, match="'elsewhere'"):
+        known_item_pairs(pairs, 100, 1024, random.Random(0), negatives="elsewhere")
+
+
+@pytest.mark.parametrize("negatives", ["", "moved"])
 def test_recipe_continues_a_shipped_model_with_known_items(st_model_dir, tmp_path, negatives):
     final = tmp_path / "final"
     keys = dict(data_dir=_bundle(tmp_path / "data"), output_dir=tmp_path / "run", final_dir=final,
-                start_model=st_model_dir, known_items=100, known_item_negatives=negatives, max_length=1024,
-                contrastive_steps=2, contrastive_batch_size=8 if not negatives else 4, dataloader_workers=1,
-                max_texts=1000)
+                start_model=st_model_dir, known_items=100, max_length=1024, contrastive_steps=2,
+                contrastive_batch_size=8 if not negatives else 4, dataloader_workers=1, max_texts=1000)
+    if negatives:
+        keys["known_item_negatives"] = negatives
     run = subprocess.run([sys.executable, "-c", RUN_WITHOUT_FAISS, "--set", *(f"{k}={v}" for k, v in keys.items())],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
