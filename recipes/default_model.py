@@ -84,8 +84,8 @@ class DefaultModelConfig(RecipeConfig):
                                  "article (once in it, in no other article, not in its title), or the sentence "
                                  "holding it, -> the article. 0: none.")
     known_item_negatives: str = option("", "Each known-item pair also gets a negative, its article with the name "
-                                           "swapped for another article's: 'swap' in place, 'moved' with the "
-                                           "sentence holding it moved (see known_item_pairs). These triplets "
+                                           "swapped for another article's: 'swap' in place, 'moved' or 'opening' "
+                                           "with the sentence holding it moved (see known_item_pairs). These triplets "
                                            "train as their own dataset of the mix. '': none.")
     start_model: str = option("", "Skip the student and its distillation: the contrastive stage continues training "
                                   "this model (sentence-transformers folder, e.g. an earlier version's).")
@@ -276,9 +276,13 @@ def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random
     a name and its key). 'moved' also moves the sentence holding it, right after the title line in half
     the pairs, else to a random sentence boundary: a query must then prefer its name deep in the
     positive to a look-alike sentence opening the negative. Why: v5 ('swap') ranked, for most passkey
-    queries, the document whose key sentence opens it first, whatever its name."""
-    if negatives not in ("", "swap", "moved"):
-        raise ValueError(f"known-item negatives {negatives!r}: expected '', 'swap' or 'moved'")
+    queries, the document whose key sentence opens it first, whatever its name. 'opening' swaps in
+    place, then moves the sentence to the very start of the text (before the title), independently in
+    the positive and in the negative, each one time in two: where a text opens says nothing of which is
+    the answer, and in a quarter of the triplets only the negative opens with the sentence (v6, 'moved',
+    still ranked the passkey documents that open with their key sentence first for most queries)."""
+    if negatives not in ("", "swap", "moved", "opening"):
+        raise ValueError(f"known-item negatives {negatives!r}: expected '', 'swap', 'moved' or 'opening'")
     if not count:
         return []  # drawing nothing keeps rng, and so every later shuffle, as runs without these pairs had it
     _, texts = wikipedia_articles(pairs)
@@ -316,16 +320,26 @@ def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random
             while other_title == title:
                 _, other_title, other = rng.choice(chosen)
             swapped = text[: match.start()] + other.group() + text[match.end():]
+            swapped_end = end + len(other.group()) - len(match.group())  # where the sentence now ends
             if negatives == "moved":
-                end += len(other.group()) - len(match.group())  # where the sentence now ends
-                sentence, rest = swapped[start:end].strip(), swapped[:start] + swapped[end:].lstrip(" ")
+                sentence, rest = swapped[start:swapped_end].strip(), swapped[:start] + swapped[swapped_end:].lstrip(" ")
                 after_title = len(title) + 1
                 boundaries = [after_title] + [b.end() for b in re.finditer(r"\. |\n", rest) if b.end() > after_title]
                 at = after_title if rng.random() < 0.5 else rng.choice(boundaries)
                 swapped = rest[:at] + sentence + " " + rest[at:]
+            if negatives == "opening":
+                if rng.random() < 0.5:
+                    pair["positive"] = _opening(text, start, end)
+                if rng.random() < 0.5:
+                    swapped = _opening(swapped, start, swapped_end)
             pair["negative"] = swapped
         result.append(pair)
     return result
+
+
+def _opening(text: str, start: int, end: int) -> str:
+    """`text` with its sentence text[start:end] moved to the very start, before the title line."""
+    return text[start:end].strip() + " " + text[:start] + text[end:].lstrip(" ")
 
 
 def fold_projection(model) -> None:

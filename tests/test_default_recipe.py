@@ -121,6 +121,33 @@ def test_moved_known_item_negatives_hold_the_swapped_sentence_elsewhere(tmp_path
         known_item_pairs(pairs, 100, 1024, random.Random(0), negatives="elsewhere")
 
 
+def test_opening_known_item_triplets_open_with_the_sentence_one_time_in_two_each(tmp_path):
+    import random
+
+    from recipes.default_model import TOKENS_PER_CHAR, known_item_pairs, wikipedia_articles
+
+    pairs, _, _ = default_data.load(_bundle(tmp_path / "data"))
+    articles = [text[: int(1024 / TOKENS_PER_CHAR)] for text in wikipedia_articles(pairs)[1].values()]
+    names = {f"Zorva{letter}th" for letter in "abcde"}
+    opens = {"positive": 0, "negative": 0}
+    for seed in range(8):
+        for row in known_item_pairs(pairs, 100, 1024, random.Random(seed), negatives="opening"):
+            (name,) = [n for n in names if n in row["positive"]]
+            (swapped,) = [n for n in names if n in row["negative"]]
+            (article,) = [text for text in articles if name in text]
+            title = article.split("\n", 1)[0]
+            for column, expected in (("positive", article), ("negative", article.replace(name, swapped))):
+                text = row[column]
+                assert sorted(text.split()) == sorted(expected.split()), "only the sentence moved"
+                if text != expected:  # moved: the sentence holding the name, then the title line
+                    sentence, after = text.split(" " + title + "\n", 1)
+                    assert (name if column == "positive" else swapped) in sentence and sentence in expected
+                    opens[column] += 1
+                else:
+                    assert text.startswith(title + "\n")
+    assert all(8 <= count <= 32 for count in opens.values()), f"of 40 each, these opened with it: {opens}"
+
+
 @pytest.mark.parametrize("negatives", ["", "moved"])
 def test_recipe_continues_a_shipped_model_with_known_items(st_model_dir, tmp_path, negatives):
     final = tmp_path / "final"
