@@ -322,7 +322,7 @@ def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random
             swapped = text[: match.start()] + other.group() + text[match.end():]
             swapped_end = end + len(other.group()) - len(match.group())  # where the sentence now ends
             if negatives == "moved":
-                sentence, rest = swapped[start:swapped_end].strip(), swapped[:start] + swapped[swapped_end:].lstrip(" ")
+                sentence, rest = _sentence_out(swapped, start, swapped_end)
                 after_title = len(title) + 1
                 boundaries = [after_title] + [b.end() for b in re.finditer(r"\. |\n", rest) if b.end() > after_title]
                 at = after_title if rng.random() < 0.5 else rng.choice(boundaries)
@@ -337,9 +337,15 @@ def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random
     return result
 
 
+def _sentence_out(text: str, start: int, end: int) -> tuple[str, str]:
+    """The sentence text[start:end], and the text without it."""
+    return text[start:end].strip(), text[:start] + text[end:].lstrip(" ")
+
+
 def _opening(text: str, start: int, end: int) -> str:
     """`text` with its sentence text[start:end] moved to the very start, before the title line."""
-    return text[start:end].strip() + " " + text[:start] + text[end:].lstrip(" ")
+    sentence, rest = _sentence_out(text, start, end)
+    return sentence + " " + rest
 
 
 def fold_projection(model) -> None:
