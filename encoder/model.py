@@ -125,6 +125,23 @@ class PackedBatch:
         return out.view(batch, length, *x.shape[1:])
 
 
+def token_bucket(tokens: int) -> int:
+    """`tokens` rounded up to one of 8 sizes per doubling (at most 12.5% more): 100 -> 104, 5,000 -> 5,120."""
+    step = 1 << max(0, tokens.bit_length() - 4)
+    return -(-tokens // step) * step
+
+
+def _padded_to_bucket(input_ids: torch.Tensor, seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed tokens and their sequence lengths, with sequences of token 0 added up to token_bucket's size;
+    none longer than the longest real one, so that the attention plan stays the real sequences' plan."""
+    missing = token_bucket(input_ids.numel()) - input_ids.numel()
+    if not missing:
+        return input_ids, seqlens
+    longest = max(int(seqlens.max()), 1)
+    pads = [longest] * (missing // longest) + ([missing % longest] if missing % longest else [])
+    return torch.cat([input_ids, input_ids.new_zeros(missing)]), torch.cat([seqlens, seqlens.new_tensor(pads)])
+
+
 def _cu_seqlens(seqlens: torch.Tensor) -> torch.Tensor:
     return F.pad(torch.cumsum(seqlens, 0, dtype=torch.int32), (1, 0))
 
@@ -341,11 +358,11 @@ class ModernBertModel(ModernBertPreTrainedModel):
                 f"({config.max_position_embeddings})"
             )
         groups = self.packed_groups(batch)
-        if len(groups) == 1:
+        if len(groups) == 1 and groups[0][1] is batch:
             return self.forward_group(batch)
         out = None
         for rows, group in groups:
-            hidden = self.forward_group(group)
+            hidden = self.forward_group(group)[: rows.numel()]  # a group's real tokens come first
             if out is None:
                 out = hidden.new_empty(batch.input_ids.numel(), config.hidden_size)
             out.index_copy_(0, rows, hidden)
@@ -353,19 +370,27 @@ class ModernBertModel(ModernBertPreTrainedModel):
 
     def packed_groups(self, batch: PackedBatch) -> list[tuple[torch.Tensor, PackedBatch]]:
         """The groups forward_packed runs the batch in (cpu_sequence_groups): each group's rows in the
-        batch's packed tokens, and the group as a packed batch of its own."""
+        batch's packed tokens, and the group as a packed batch of its own, its real tokens first. In bfloat16
+        or float16 on a CPU a group is padded up to a `token_bucket` size by sequences of token 0 (their
+        outputs are dropped): oneDNN keeps a reordered copy of the weights for each input shape it meets, in
+        two caches of 1,024 shapes, and groups of every size took `retriever index` over 200k short
+        documents to 2,077 MiB in bfloat16 (float32: 672 MiB; bucketed: 740 MiB, and 9% faster)."""
         groups = self.cpu_sequence_groups(batch)
-        if len(groups) == 1:
+        bucketed = batch.input_ids.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float16)
+        if len(groups) == 1 and not bucketed:
             return [(torch.arange(batch.input_ids.numel()), batch)]
         seqlens = batch.cu_seqlens.diff().long()
         starts = batch.cu_seqlens[:-1].long()
         result = []
         for group in groups:
             group = torch.tensor(group)
-            cu_seqlens = _cu_seqlens(seqlens[group])
-            rows = torch.arange(int(cu_seqlens[-1])) + torch.repeat_interleave(starts[group] - cu_seqlens[:-1],
-                                                                               seqlens[group])
-            result.append((rows, PackedBatch.from_packed(batch.input_ids[rows], cu_seqlens)))
+            lengths = seqlens[group]
+            rows = torch.arange(int(lengths.sum())) + torch.repeat_interleave(
+                starts[group] - _cu_seqlens(lengths)[:-1], lengths)
+            input_ids = batch.input_ids[rows]
+            if bucketed:
+                input_ids, lengths = _padded_to_bucket(input_ids, lengths)
+            result.append((rows, PackedBatch.from_packed(input_ids, _cu_seqlens(lengths))))
         return result
 
     def cpu_sequence_groups(self, batch: PackedBatch) -> list[list[int]]:

@@ -127,10 +127,13 @@ class LayerDistillLoss(nn.Module):
                 hook.remove()
         mask = features["attention_mask"].bool()
         # on a CPU the encoder runs a batch in groups of sequences (ModernBertModel.packed_groups), so each
-        # layer's hook fires once a group: the groups' outputs are put back in the batch's packed order
+        # layer's hook fires once a group: the groups' real rows are put back in the batch's packed order
         packed = PackedBatch.from_padded(features["input_ids"], features["attention_mask"])
-        order = torch.cat([rows for rows, _ in self.encoder.packed_groups(packed)]).argsort()
-        outputs = [torch.cat(outputs[i::len(self.layers)])[order] for i in range(len(self.layers))]
+        groups = self.encoder.packed_groups(packed)
+        order = torch.cat([rows for rows, _ in groups]).argsort()
+        real = [rows.numel() for rows, _ in groups]  # a group's padding rows (bfloat16: token_bucket) come last
+        outputs = [torch.cat([output[:n] for output, n in zip(outputs[i::len(self.layers)], real)])[order]
+                   for i in range(len(self.layers))]
         with torch.no_grad():
             hidden = self.teacher(input_ids=features["input_ids"], attention_mask=features["attention_mask"],
                                   output_hidden_states=True).hidden_states

@@ -9,6 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import encoder.model
+from encoder import ModernBertModel
+from encoder.model import PackedBatch, token_bucket
 from retriever import Retriever
 from retriever import embedding
 from retriever.cli import app
@@ -16,7 +19,7 @@ from retriever.embedding import PassageEncoder, default_dtype
 from retriever.errors import IndexMismatchError
 from retriever.index import checked_model
 from retriever.manifest import MANIFEST, IndexManifest
-from tests.conftest import make_corpus
+from tests.conftest import make_corpus, ragged_batch
 
 TEXTS = [t for t in make_corpus(60, 41) if len(t.split()) >= 15][:12]
 
@@ -30,6 +33,38 @@ def test_bfloat16_where_the_cpu_multiplies_it_in_hardware(monkeypatch):
     assert default_dtype(None) == default_dtype("cpu") == "bfloat16"
     monkeypatch.setattr(embedding, "cpu_has_native_bfloat16", lambda: False)
     assert default_dtype("cpu") == "float32" and default_dtype("cuda") == default_dtype("cuda:1") == "bfloat16"
+
+
+def test_token_buckets_are_eight_sizes_a_doubling_at_most_an_eighth_more():
+    assert [token_bucket(n) for n in (1, 15, 16, 17, 100, 5000, 8192)] == [1, 15, 16, 18, 104, 5120, 8192]
+    assert all(n <= token_bucket(n) <= n * 9 / 8 and token_bucket(token_bucket(n)) == token_bucket(n)
+               for n in range(1, 20000))
+    assert len({token_bucket(n) for n in range(2049, 4097)}) == 8  # 2304, 2560, ..., 4096
+
+
+def test_bfloat16_cpu_groups_run_at_bucket_sizes_and_drop_their_padding(hf_base_dir, monkeypatch):
+    """oneDNN keeps reordered weights for every input shape a bfloat16 matmul meets: on a CPU each group is
+    padded up to a token_bucket size with sequences of token 0, none longer than its longest real one (the
+    attention plan stays the real sequences'); the real tokens' states are those of the group run unpadded,
+    within bfloat16's rounding."""
+    monkeypatch.setattr(encoder.model, "CPU_GROUP_ACTIVATION_BYTES", 41 * 3 * 64 * 2)  # 41 tokens at H = 64
+    model = ModernBertModel.from_pretrained(hf_base_dir, dtype=torch.bfloat16).eval()
+    lengths = [37, 5, 20, 1, 12, 31, 3]
+    input_ids, attention_mask = ragged_batch(lengths, seed=3)
+    batch = PackedBatch.from_padded(input_ids, attention_mask)
+    groups = model.packed_groups(batch)
+    assert [rows.numel() for rows, _ in groups] == [37, 31, 41]  # [37], [31], [20, 12, 5, 3, 1]
+    with torch.no_grad():
+        out = model.forward_packed(batch)
+        for rows, group in groups:
+            real = rows.numel()
+            real_sequences = int((group.cu_seqlens[1:] <= real).sum())
+            assert group.input_ids.numel() == token_bucket(real) > real  # 40, 32, 44
+            assert torch.equal(group.input_ids[:real], batch.input_ids[rows]) and not group.input_ids[real:].any()
+            assert group.max_seqlen == int(group.cu_seqlens.diff()[:real_sequences].max())
+            unpadded = PackedBatch.from_packed(group.input_ids[:real], group.cu_seqlens[: real_sequences + 1])
+            assert (out[rows].float() - model.forward_group(unpadded).float()).abs().max() <= 0.05
+    assert out.shape == (sum(lengths), 64) and out.dtype == torch.bfloat16
 
 
 def test_bfloat16_vectors_are_float32_ones_within_rounding(st_model_dir):
