@@ -45,7 +45,7 @@ from retriever.documents import Corpus, Document, as_document, embedding_input, 
 from retriever.embedding import Chunking, Passage, PassageEncoder, default_dtype
 from retriever.errors import IndexExistsError, IndexMismatchError, RetrieverError
 from retriever.fusion import DEFAULT_FUSION, LEXICAL_FACTOR, Fusion, candidate_depths
-from retriever.lexical import tokenize
+from retriever.lexical import LexicalIndex, tokenize
 from retriever.manifest import MANIFEST, UPGRADABLE_VERSIONS, IndexManifest, commit_name, manifest_stamp
 from retriever.segment import Segment, SegmentInfo, merge_plan, retire, search_dense, search_lexical
 from retriever.store import Store
@@ -423,7 +423,7 @@ class Retriever:
             segment_vectors = self._new_vectors()
             segment_vectors.add(np.arange(first_id, next_id, dtype=np.int64), vectors)
             written.append(Segment.write(self.directory, _segment_name(self.manifest.commit + 1, 0),
-                                         segment_vectors, texts))
+                                         segment_vectors, LexicalIndex.build(texts)))
         removed_documents, removed_chunks = store.delete(replaced)
         for doc, doc_spans, first in zip(changed, spans, firsts):
             store.put(doc, doc_spans, int(first))
@@ -457,14 +457,13 @@ class Retriever:
             ids = np.concatenate([s.chunk_ids for s in group])
             gone = ids[np.isin(ids, self._tombstones)]
             dropped.append(gone)
-            live = np.setdiff1d(ids, gone)
-            if not len(live):
+            if len(gone) == len(ids):
                 continue
             # ivfpq: merge_plan merges flat segments only once there are enough chunks to train on
             vectors = VectorIndex.merge(self.manifest.index_type, self.manifest.dimension,
                                         (s.read_vectors() for s in group), gone)
             written.append(Segment.write(self.directory, _segment_name(commit + 1, number), vectors,
-                                         store.chunk_texts(live)))
+                                         LexicalIndex.merge((s.read_lexical() for s in group), gone)))
         store.drop(np.concatenate(dropped))
         store.commit()
         segments = [s for s in self.segments if s.info.name not in merged] + written

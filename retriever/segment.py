@@ -3,7 +3,8 @@
 A write adds one segment (its chunks' vectors in FAISS, their BM25, their ids); deleting or
 replacing a document only marks its chunks deleted in the store (tombstones), which searches skip
 inside FAISS and BM25. A segment never changes once written; a merge writes one new segment from
-several, leaving the tombstoned chunks out, and the commit that names it retires them.
+several, leaving the tombstoned chunks out (its BM25 from the parts' term counts, no text re-read),
+and the commit that names it retires them.
 
     segments/seg-000007/       vectors.faiss, bm25/ (bm25s and chunk_ids.npy)
     segments/.building-...     a segment being written (removed if its writer died)
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,19 +77,15 @@ class Segment:
         return segment
 
     @classmethod
-    def write(cls, root: Path, name: str, vectors: VectorIndex, texts: Iterable[tuple[int, str, str]]) -> Segment:
-        """The segment `name` holding `vectors` and BM25 over `texts` ((chunk id, title, passage) of
-        the same chunks), built aside and renamed into place when complete."""
-        chunk_ids = []
-
+    def write(cls, root: Path, name: str, vectors: VectorIndex, lexical: LexicalIndex) -> Segment:
+        """The segment `name` holding `vectors` and `lexical` (BM25 over the same chunks), built aside and
+        renamed into place when complete."""
         def fill(folder: Path) -> None:
             vectors.save(folder / VECTORS_FILE)
-            lexical = LexicalIndex.build(texts)
             lexical.save(folder / BM25_FOLDER)
-            chunk_ids.append(lexical.chunk_ids)
 
         return cls(build_folder(root, name, fill), SegmentInfo(name, vectors.kind, vectors.ntotal), vectors.dimension,
-                   chunk_ids[0])
+                   lexical.chunk_ids)
 
     @property
     def vectors(self) -> VectorIndex:
@@ -108,8 +105,12 @@ class Segment:
     def lexical(self) -> LexicalIndex:
         """Its BM25, read on first use (FileNotFoundError once a merge retired the segment)."""
         if self._lexical is None:
-            self._lexical = LexicalIndex.load(self.directory / BM25_FOLDER)
+            self._lexical = self.read_lexical()
         return self._lexical
+
+    def read_lexical(self) -> LexicalIndex:
+        """Its BM25 (memory-mapped), not kept unless it is already: what a merge reads of each part."""
+        return self._lexical or LexicalIndex.load(self.directory / BM25_FOLDER)
 
     @property
     def chunk_ids(self) -> np.ndarray:

@@ -763,11 +763,11 @@ STALLED_WRITER = textwrap.dedent("""
     import retriever.segment as segment_module
     from retriever import Retriever
 
-    def stalled_build(chunks):
+    def stalled_save(lexical, directory):  # inside the segment's building folder
         Path(sys.argv[2]).write_text("stalled")
         time.sleep(600)
 
-    segment_module.LexicalIndex.build = stalled_build
+    segment_module.LexicalIndex.save = stalled_save
     Retriever.open(sys.argv[1]).add([{"id": "late", "text": "added by the killed writer"}])
 """)
 
@@ -828,13 +828,13 @@ def test_a_killed_index_run_keeps_its_commits_and_a_rerun_embeds_only_the_rest(m
     index = tmp_path / "idx"
     Retriever.create(index, model_dir)
     # the third commit (documents 5 and 6 of 7, two a commit) stalls before it is written
-    script = STALLED_WRITER.replace("segment_module.LexicalIndex.build = stalled_build", textwrap.dedent("""
-        built = segment_module.LexicalIndex.build
+    script = STALLED_WRITER.replace("segment_module.LexicalIndex.save = stalled_save", textwrap.dedent("""
+        saved = segment_module.LexicalIndex.save
         calls = []
-        def third_stalls(chunks):
+        def third_stalls(lexical, directory):
             calls.append(1)
-            return stalled_build(chunks) if len(calls) == 3 else built(chunks)
-        segment_module.LexicalIndex.build = third_stalls""")).replace(
+            return stalled_save(lexical, directory) if len(calls) == 3 else saved(lexical, directory)
+        segment_module.LexicalIndex.save = third_stalls""")).replace(
         'Retriever.open(sys.argv[1]).add([{"id": "late", "text": "added by the killed writer"}])',
         'from retriever.cli import app; app(["index", sys.argv[3], "--index", sys.argv[1], "--commit-every", "2"])')
     marker = tmp_path / "marker"

@@ -64,6 +64,29 @@ def test_bm25_over_segments_is_the_bm25_of_one_index():
         assert np.allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5)
 
 
+def test_a_merged_bm25_is_the_bm25_built_over_its_texts(tmp_path):
+    texts = make_corpus(300, 5) + ["", "error " * 700 + "log"]  # an empty chunk; a term 700 times in one
+    titles = ["title"] * 300 + ["", "title"]
+    parts = []
+    for number, (a, b) in enumerate([(200, 302), (0, 120), (120, 200)]):  # merged out of id order
+        LexicalIndex.build([(i, titles[i], texts[i]) for i in range(a, b)]).save(tmp_path / str(number))
+        parts.append(LexicalIndex.load(tmp_path / str(number)))  # memory-mapped, as a merge reads them
+    dropped = np.arange(0, 302, 7)
+    merged = LexicalIndex.merge(parts, dropped)
+    kept = [i for i in range(302) if i not in set(dropped.tolist())]
+    built = LexicalIndex.build([(i, titles[i], texts[i]) for i in kept])
+    assert np.array_equal(merged.chunk_ids, built.chunk_ids) and np.array_equal(merged.lengths, built.lengths)
+    for key in ("data", "indices", "indptr"):  # columns in another order: compare term by term
+        assert len(merged.bm25.scores[key]) == len(built.bm25.scores[key])
+    assert set(merged.bm25.vocab_dict) == set(built.bm25.vocab_dict)
+    queries = tokenize(make_corpus(20, 6)) + [["error"], ["log", "error"]]
+    for got, expected in zip(merged.search(queries, 30), built.search(queries, 30)):
+        assert got == expected  # same chunks, same float32 scores
+    merged.save(tmp_path / "merged")
+    assert LexicalIndex.load(tmp_path / "merged").search(queries, 30) == built.search(queries, 30)
+    assert LexicalIndex.merge(parts, np.arange(302)).bm25 is None
+
+
 def test_a_write_adds_a_segment_and_ten_merge_into_one(st_model_dir, tmp_path):
     index = Retriever.create(tmp_path / "idx", st_model_dir)
     for i in range(SEGMENTS_PER_TIER - 1):
