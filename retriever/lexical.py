@@ -42,6 +42,23 @@ def idf(document_frequency: int, documents: int) -> float:
     return math.log(1 + (documents - document_frequency + 0.5) / (document_frequency + 0.5))
 
 
+def _idfs(frequencies: np.ndarray, documents: int) -> np.ndarray:
+    """idf of each term from its document frequency (math.log, as bm25s: exactly its float64 values)."""
+    return np.asarray([idf(int(f), documents) for f in frequencies])
+
+
+def _length_norms(k1: float, b: float, lengths: np.ndarray, average: float) -> np.ndarray:
+    """Each chunk's tf-part denominator less tf: k1 (1 - b + b |d| / avgdl)."""
+    return k1 * (1 - b + b * lengths / average)
+
+
+def _term_frequencies(weights: np.ndarray, idfs: np.ndarray | float, norms: np.ndarray) -> np.ndarray:
+    """tf back from bm25s' weights idf x tf / (tf + norm) (rounded: a miscount is possible only where tf
+    has saturated the score, thousands of one term in one chunk, and shifts a score by under 1e-5)."""
+    part = weights / idfs  # tf / (tf + norm)
+    return np.rint(part * norms / (1 - part))
+
+
 @dataclass
 class TermStatistics:
     """What BM25 weighs a term by: chunks in all, their tokens in all, and chunks holding each query term."""
@@ -111,12 +128,11 @@ class LexicalIndex:
         used = np.bincount(columns, minlength=len(vocab)) > 0  # terms only dropped chunks held go
         new_column = np.cumsum(used) - 1
         columns = new_column[columns]
-        terms = [t for t, c in sorted(vocab.items(), key=lambda item: item[1]) if used[c]]
+        terms = [t for t, is_used in zip(vocab, used) if is_used]  # vocab's values are its insertion order
         bm25 = bm25s.BM25()
         frequencies = np.bincount(columns, minlength=len(terms))
-        idfs = np.asarray([idf(int(f), len(ids)) for f in frequencies], dtype=bm25.dtype)
-        average = lengths.mean()
-        tfc = counts / (bm25.k1 * ((1 - bm25.b) + bm25.b * lengths[rows] / average) + counts)
+        idfs = _idfs(frequencies, len(ids)).astype(bm25.dtype)
+        tfc = counts / (_length_norms(bm25.k1, bm25.b, lengths[rows], lengths.mean()) + counts)
         by_column = np.lexsort((rows, columns))
         bm25.scores = {"data": (idfs[columns] * tfc).astype(bm25.dtype)[by_column],
                        "indices": rows[by_column].astype(bm25.int_dtype),
@@ -129,17 +145,17 @@ class LexicalIndex:
         return cls(bm25, ids[order], lengths.astype(np.int32))
 
     def term_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row, column, count) of each term of each chunk: bm25s keeps idf x tf / (tf + own) per term and
-        chunk, from which tf comes back (rounded: a miscount is possible only where tf has saturated the
-        score, thousands of one term in one chunk, and shifts a score by under 1e-5)."""
+        """(row, column, count) of each term of each chunk, the counts recovered from bm25s' weights."""
         data, indices, indptr = (np.asarray(self.bm25.scores[key]) for key in ("data", "indices", "indptr"))
         frequencies = np.diff(indptr)
         columns = np.repeat(np.arange(len(frequencies)), frequencies)
-        own = self.bm25.k1 * (1 - self.bm25.b + self.bm25.b * self.lengths / self.lengths.mean())
-        idfs = np.asarray([idf(int(f), len(self.chunk_ids)) for f in frequencies])
-        part = data / idfs[columns]  # tf / (tf + own)
-        counts = np.rint(part * own[indices] / (1 - part))
+        own = self._own_norms()
+        counts = _term_frequencies(data, _idfs(frequencies, len(self.chunk_ids))[columns], own[indices])
         return indices.astype(np.int64), columns, counts
+
+    def _own_norms(self) -> np.ndarray:
+        """Each chunk's tf-part denominator less tf, from this index's own statistics (as bm25s built it)."""
+        return _length_norms(self.bm25.k1, self.bm25.b, self.lengths, self.lengths.mean())
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -188,9 +204,8 @@ class LexicalIndex:
             mask = ~np.isin(self.chunk_ids, excluded)
         data, indices, indptr = (self.bm25.scores[key] for key in ("data", "indices", "indptr"))
         if statistics is not None:
-            k1, b = self.bm25.k1, self.bm25.b
-            own = k1 * (1 - b + b * self.lengths / self.lengths.mean())  # tf-part denominators, less tf
-            every = k1 * (1 - b + b * self.lengths / (statistics.tokens / statistics.documents))
+            own = self._own_norms()
+            every = _length_norms(self.bm25.k1, self.bm25.b, self.lengths, statistics.tokens / statistics.documents)
         results = []
         for query in queries:
             scores = np.zeros(len(self.chunk_ids), np.float32)
@@ -201,8 +216,7 @@ class LexicalIndex:
                 start, end = indptr[column], indptr[column + 1]
                 rows, weights = indices[start:end], data[start:end]
                 if statistics is not None:
-                    part = weights / idf(end - start, len(self.chunk_ids))  # tf / (tf + own)
-                    tf = np.rint(part * own[rows] / (1 - part))
+                    tf = _term_frequencies(weights, idf(end - start, len(self.chunk_ids)), own[rows])
                     weights = idf(statistics.frequencies[term], statistics.documents) * tf / (tf + every[rows])
                 scores[rows] += weights
             if mask is not None:
