@@ -26,11 +26,13 @@ manifest is the commit point, so an interrupted upgrade leaves the format 1 inde
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import itertools
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -423,7 +425,7 @@ class Retriever:
             segment_vectors = self._new_vectors()
             segment_vectors.add(np.arange(first_id, next_id, dtype=np.int64), vectors)
             written.append(Segment.write(self.directory, _segment_name(self.manifest.commit + 1, 0),
-                                         segment_vectors, LexicalIndex.build(texts)))
+                                         lambda: segment_vectors, lambda: LexicalIndex.build(texts)))
         removed_documents, removed_chunks = store.delete(replaced)
         for doc, doc_spans, first in zip(changed, spans, firsts):
             store.put(doc, doc_spans, int(first))
@@ -437,6 +439,7 @@ class Retriever:
         for _ in range(MERGE_ROUNDS):
             if not self._merge(store):
                 break
+        _trim_heap()
 
     def _new_vectors(self) -> VectorIndex:
         """An empty vector index for a new segment: an ivfpq index's starts from its trained segments'
@@ -460,10 +463,10 @@ class Retriever:
             if len(gone) == len(ids):
                 continue
             # ivfpq: merge_plan merges flat segments only once there are enough chunks to train on
-            vectors = VectorIndex.merge(self.manifest.index_type, self.manifest.dimension,
-                                        (s.read_vectors() for s in group), gone)
-            written.append(Segment.write(self.directory, _segment_name(commit + 1, number), vectors,
-                                         LexicalIndex.merge((s.read_lexical() for s in group), gone)))
+            vectors = functools.partial(VectorIndex.merge, self.manifest.index_type, self.manifest.dimension,
+                                        (s.read_vectors() for s in group), gone, len(ids) - len(gone))
+            lexical = functools.partial(LexicalIndex.merge, (s.read_lexical() for s in group), gone)
+            written.append(Segment.write(self.directory, _segment_name(commit + 1, number), vectors, lexical))
         store.drop(np.concatenate(dropped))
         store.commit()
         segments = [s for s in self.segments if s.info.name not in merged] + written
@@ -665,6 +668,22 @@ def _check_once(batch: list[Document], pending: set[str]) -> None:
         wrong = next(i for n, i in enumerate(ids) if i not in pending or i in ids[:n])
         raise RetrieverError(f"the embedding engine returned document {wrong!r} twice, or unasked; its batch "
                              "was not committed (those before it were)")
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc's
+    except (OSError, AttributeError):
+        return None
+
+
+def _trim_heap() -> None:
+    """Hands the heap a commit freed (its batch, a merge's result) back to the system. glibc keeps
+    it for later allocations, which small objects then pin: over 200k documents, a writer's resident
+    memory climbed by 80 MiB from merge to merge; trimmed, it stays where the first commits left it."""
+    if trim := _malloc_trim():
+        trim(0)
 
 
 def _segment_name(commit: int, number: int) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 
 _CHUNK_IDS = "chunk_ids.npy"
 _LENGTHS = "chunk_lengths.npy"  # tokens per chunk, as bm25s counts them for |d|
+MERGE_STEP = 2**20  # a merge's scores computed this many (chunk, term) pairs at a time
 
 
 def tokenize(texts: list[str]) -> list[list[str]]:
@@ -99,45 +100,55 @@ class LexicalIndex:
     def merge(cls, parts: Iterable[LexicalIndex], dropped: np.ndarray) -> LexicalIndex:
         """BM25 over the parts' chunks less the `dropped` ones, in chunk id order: what `build` makes of
         those chunks' texts, computed from the term counts the parts hold, so a merge reads and tokenizes
-        no text and holds counts, not strings. Scores are bm25s' arithmetic (float64, stored float32)."""
+        no text and holds counts, not strings. Scores are bm25s' arithmetic (float64, stored float32),
+        computed MERGE_STEP terms at a time: what a merge holds is 4-byte rows, columns and counts."""
         ids, lengths, rows, columns, counts, vocab = [], [], [], [], [], {}
         for part in parts:
             if part.bm25 is None:
                 continue
             kept = ~np.isin(part.chunk_ids, dropped)
-            row_of = np.cumsum(kept) - 1 + sum(len(i) for i in ids)  # a kept chunk's row in the merged index
+            row_of = (np.cumsum(kept) - 1 + sum(len(i) for i in ids)).astype(np.int32)  # its row in the merge
             terms = sorted(part.bm25.vocab_dict, key=part.bm25.vocab_dict.get)
-            column_of = np.asarray([vocab.setdefault(t, len(vocab)) for t in terms], dtype=np.int64)
+            column_of = np.asarray([vocab.setdefault(t, len(vocab)) for t in terms], dtype=np.int32)
             term_rows, term_columns, term_counts = part.term_counts()
             keep = kept[term_rows]
             rows.append(row_of[term_rows[keep]])
             columns.append(column_of[term_columns[keep]])
-            counts.append(term_counts[keep])
+            counts.append(term_counts[keep].astype(np.float32))  # small whole numbers: exact
             ids.append(part.chunk_ids[kept])
             lengths.append(part.lengths[kept])
+            del part, term_rows, term_columns, term_counts, keep  # one part's counts at a time
         ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         if not len(ids):
             return cls(None, ids, np.zeros(0, np.int32))
         import bm25s
+        import scipy.sparse
 
         order = np.argsort(ids, kind="stable")
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        rows, columns, counts = rank[np.concatenate(rows)], np.concatenate(columns), np.concatenate(counts)
+        rank = np.empty(len(order), np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
         lengths = np.concatenate(lengths)[order]
-        used = np.bincount(columns, minlength=len(vocab)) > 0  # terms only dropped chunks held go
-        new_column = np.cumsum(used) - 1
-        columns = new_column[columns]
+        # the chunk x term counts by term (column), rows ascending within each: bm25s' layout
+        by_term = scipy.sparse.coo_array((np.concatenate(counts), (rank[np.concatenate(rows)], np.concatenate(columns))),
+                                         shape=(len(ids), len(vocab))).tocsc()
+        del rows, columns, counts
+        by_term.sort_indices()
+        frequencies = np.diff(by_term.indptr)
+        used = frequencies > 0  # terms only dropped chunks held go
         terms = [t for t, is_used in zip(vocab, used) if is_used]  # vocab's values are its insertion order
+        frequencies = frequencies[used]
         bm25 = bm25s.BM25()
-        frequencies = np.bincount(columns, minlength=len(terms))
+        indptr = np.concatenate([[0], np.cumsum(frequencies)])
         idfs = _idfs(frequencies, len(ids)).astype(bm25.dtype)
-        tfc = counts / (_length_norms(bm25.k1, bm25.b, lengths[rows], lengths.mean()) + counts)
-        by_column = np.lexsort((rows, columns))
-        bm25.scores = {"data": (idfs[columns] * tfc).astype(bm25.dtype)[by_column],
-                       "indices": rows[by_column].astype(bm25.int_dtype),
-                       "indptr": np.concatenate([[0], np.cumsum(frequencies)]).astype(bm25.int_dtype),
-                       "num_docs": len(ids)}
+        norms = _length_norms(bm25.k1, bm25.b, lengths, lengths.mean())
+        data = np.empty(len(by_term.data), bm25.dtype)
+        for start in range(0, len(data), MERGE_STEP):
+            step = slice(start, start + MERGE_STEP)
+            term = np.searchsorted(indptr, np.arange(start, min(start + MERGE_STEP, len(data))), side="right") - 1
+            tf = by_term.data[step].astype(np.float64)
+            data[step] = idfs[term] * (tf / (norms[by_term.indices[step]] + tf))
+        bm25.scores = {"data": data, "indices": by_term.indices.astype(bm25.int_dtype, copy=False),
+                       "indptr": indptr.astype(bm25.int_dtype), "num_docs": len(ids)}
         bm25.vocab_dict = {t: c for c, t in enumerate(terms)}
         bm25.vocab_dict.setdefault("", len(terms))  # as bm25s' index() adds it
         bm25.nonoccurrence_array = None  # BM25 (lucene) has none

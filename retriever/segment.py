@@ -77,15 +77,23 @@ class Segment:
         return segment
 
     @classmethod
-    def write(cls, root: Path, name: str, vectors: VectorIndex, lexical: LexicalIndex) -> Segment:
-        """The segment `name` holding `vectors` and `lexical` (BM25 over the same chunks), built aside and
-        renamed into place when complete."""
-        def fill(folder: Path) -> None:
-            vectors.save(folder / VECTORS_FILE)
-            lexical.save(folder / BM25_FOLDER)
+    def write(cls, root: Path, name: str, make_vectors: Callable[[], VectorIndex],
+              make_lexical: Callable[[], LexicalIndex]) -> Segment:
+        """The segment `name` holding the vectors and the BM25 (over the same chunks) that these make,
+        built aside and renamed into place when complete. One after the other: a merge's vectors are
+        written and freed before its BM25 is merged."""
+        made = {}
 
-        return cls(build_folder(root, name, fill), SegmentInfo(name, vectors.kind, vectors.ntotal), vectors.dimension,
-                   lexical.chunk_ids)
+        def fill(folder: Path) -> None:
+            vectors = make_vectors()
+            vectors.save(folder / VECTORS_FILE)
+            made["info"], made["dimension"] = SegmentInfo(name, vectors.kind, vectors.ntotal), vectors.dimension
+            del vectors
+            lexical = make_lexical()
+            lexical.save(folder / BM25_FOLDER)
+            made["chunk_ids"] = lexical.chunk_ids
+
+        return cls(build_folder(root, name, fill), made["info"], made["dimension"], made["chunk_ids"])
 
     @property
     def vectors(self) -> VectorIndex:

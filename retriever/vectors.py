@@ -137,20 +137,31 @@ class VectorIndex:
         return faiss.vector_to_array(index.id_map).astype(np.int64), _inner(index).reconstruct_n(0, index.ntotal)
 
     @classmethod
-    def merge(cls, kind: str, dimension: int, parts: Iterable[VectorIndex], dropped: np.ndarray) -> VectorIndex:
-        """One index of `kind` holding the parts' vectors less the `dropped` ids. Flat and hnsw parts
-        are added one at a time (`parts` may read each as it comes: a merge holds its result and one
-        part). Trained ivfpq parts share their training and their codes are copied list by list (from
-        the mapped files: a merge holds its result only); flat parts are added (an ivfpq index without
-        a trained part trains on all of them)."""
-        if kind != "ivfpq":
+    def merge(cls, kind: str, dimension: int, parts: Iterable[VectorIndex], dropped: np.ndarray,
+              count: int) -> VectorIndex:
+        """One index of `kind` holding the parts' vectors less the `dropped` ids: `count` vectors.
+        Flat and hnsw parts are read one at a time (`parts` may read each as it comes: a merge holds
+        its result and one part); a flat result is allocated once, at `count` vectors, and filled
+        (added part after part, it grew by doubling: up to twice its size, copied at each step).
+        Trained ivfpq parts share their training and their codes are copied list by list (from the
+        mapped files: a merge holds its result only); flat parts are added (an ivfpq index without a
+        trained part trains on all of them)."""
+        if kind == "flat":
+            result = cls._merge_flat(dimension, parts, dropped, count)
+        elif kind == "hnsw":
             result = cls.new(kind, dimension)
             for part in parts:
                 ids, vectors = part.ids_and_vectors()
                 keep = ~np.isin(ids, dropped)
                 result.add(ids[keep], vectors[keep])
-            return result
-        parts = list(parts)
+        else:
+            result = cls._merge_ivfpq(dimension, list(parts), dropped)
+        if result.ntotal != count:
+            raise VectorIndexError(f"a merge into {count} vectors was given {result.ntotal}")
+        return result
+
+    @classmethod
+    def _merge_ivfpq(cls, dimension: int, parts: list[VectorIndex], dropped: np.ndarray) -> VectorIndex:
         trained = [part for part in parts if part.kind == "ivfpq"]
         if trained:
             result = cls.empty_like(trained[0])
@@ -162,15 +173,42 @@ class VectorIndex:
                     ids, vectors = part.ids_and_vectors()
                     keep = ~np.isin(ids, dropped)
                     result.add(ids[keep], vectors[keep])
-            result.index = _maybe_gpu(result.index, kind)
+            result.index = _maybe_gpu(result.index, "ivfpq")
             return result
         pairs = [part.ids_and_vectors() for part in parts]  # the first training: on all of them
         ids = np.concatenate([p[0] for p in pairs])
         vectors = np.concatenate([p[1] for p in pairs])
         keep = ~np.isin(ids, dropped)
-        result = cls.new(kind, dimension)
+        result = cls.new("ivfpq", dimension)
         result.add(ids[keep], vectors[keep])
         return result
+
+    @classmethod
+    def _merge_flat(cls, dimension: int, parts: Iterable[VectorIndex], dropped: np.ndarray,
+                    count: int) -> VectorIndex:
+        inner = faiss.IndexFlatIP(dimension)
+        index = faiss.IndexIDMap2(inner)
+        inner.codes.resize(count * inner.code_size)
+        index.id_map.resize(count)
+        vectors = faiss.rev_swig_ptr(inner.get_xb(), count * dimension).reshape(count, dimension)
+        ids = faiss.rev_swig_ptr(index.id_map.data(), count)
+        filled = 0
+        for part in parts:
+            part_index = _cpu(part.index)
+            part_ids = faiss.vector_to_array(part_index.id_map).astype(np.int64)
+            keep = ~np.isin(part_ids, dropped)
+            kept = int(keep.sum())
+            if filled + kept > count:
+                raise VectorIndexError(f"a merge into {count} vectors was given more")
+            # the part's stored vectors as they are, not reconstructed into a copy of the whole part
+            part_vectors = faiss.rev_swig_ptr(_inner(part_index).get_xb(), part.ntotal * dimension)
+            vectors[filled:filled + kept] = part_vectors.reshape(-1, dimension)[keep]
+            ids[filled:filled + kept] = part_ids[keep]
+            filled += kept
+            del part, part_index, part_vectors  # one part at a time: freed before the next is read
+        inner.ntotal = index.ntotal = filled
+        index.construct_rev_map()
+        return cls(index, "flat", dimension)
 
     def _train_ivfpq(self, vectors: np.ndarray) -> None:
         n, dimension = vectors.shape

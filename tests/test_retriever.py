@@ -306,7 +306,7 @@ def test_ivfpq_on_enough_vectors():
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = VectorIndex.new("ivfpq", 32)
     index.add(np.arange(100, 100 + len(vectors)), vectors)
-    index = VectorIndex.merge("ivfpq", 32, [index], dropped=np.array([100]))
+    index = VectorIndex.merge("ivfpq", 32, [index], dropped=np.array([100]), count=IVFPQ_MIN_TRAIN - 1)
     assert index.ntotal == IVFPQ_MIN_TRAIN - 1
     _, ids = index.search(vectors[:50], 10)
     assert 100 not in ids
@@ -343,7 +343,7 @@ def test_ivfpq_segments_are_read_memory_mapped_and_merge_from_their_files(tmp_pa
     assert fresh.ntotal == 0 and isinstance(
         faiss.downcast_InvertedLists(faiss.extract_index_ivf(fresh.index).invlists), faiss.ArrayInvertedLists)
     dropped = ids[::5]
-    merged = VectorIndex.merge("ivfpq", 32, parts, dropped)
+    merged = VectorIndex.merge("ivfpq", 32, parts, dropped, count=len(ids) - len(dropped))
     whole = VectorIndex.empty_like(trained)
     whole.add(ids, vectors)
     whole.index.remove_ids(faiss.IDSelectorBatch(dropped))

@@ -64,7 +64,8 @@ def test_bm25_over_segments_is_the_bm25_of_one_index():
         assert np.allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5)
 
 
-def test_a_merged_bm25_is_the_bm25_built_over_its_texts(tmp_path):
+def test_a_merged_bm25_is_the_bm25_built_over_its_texts(tmp_path, monkeypatch):
+    monkeypatch.setattr("retriever.lexical.MERGE_STEP", 100)  # its scores computed in several steps
     texts = make_corpus(300, 5) + ["", "error " * 700 + "log"]  # an empty chunk; a term 700 times in one
     titles = ["title"] * 300 + ["", "title"]
     parts = []
@@ -85,6 +86,40 @@ def test_a_merged_bm25_is_the_bm25_built_over_its_texts(tmp_path):
     merged.save(tmp_path / "merged")
     assert LexicalIndex.load(tmp_path / "merged").search(queries, 30) == built.search(queries, 30)
     assert LexicalIndex.merge(parts, np.arange(302)).bm25 is None
+
+
+def test_a_merged_flat_index_is_the_flat_index_of_its_vectors(tmp_path):
+    """Parts read from their files, merged out of id order with some ids dropped, into a result
+    allocated once at its count: the same ids, vectors and search results as one index of what is left."""
+    from retriever.vectors import VectorIndex, VectorIndexError
+
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((500, 24)).astype(np.float32)
+    ids = np.arange(500) * 2 + 5
+    parts = []
+    for number, (a, b) in enumerate([(300, 500), (0, 170), (170, 300)]):
+        part = VectorIndex.new("flat", 24)
+        part.add(ids[a:b], vectors[a:b])
+        part.save(tmp_path / f"{number}.faiss")
+        parts.append(VectorIndex.load(tmp_path / f"{number}.faiss", "flat", 24, b - a))
+    dropped = ids[::9]
+    keep = ~np.isin(ids, dropped)
+    merged = VectorIndex.merge("flat", 24, iter(parts), dropped, count=int(keep.sum()))
+    order = np.r_[300:500, 0:300]  # the parts' order
+    whole = VectorIndex.new("flat", 24)
+    whole.add(ids[order][keep[order]], vectors[order][keep[order]])
+    (got_ids, got_vectors), (expected_ids, expected_vectors) = merged.ids_and_vectors(), whole.ids_and_vectors()
+    assert np.array_equal(got_ids, expected_ids) and np.array_equal(got_vectors, expected_vectors)
+    queries = rng.standard_normal((7, 24)).astype(np.float32)
+    for got, expected in zip(merged.search(queries, 20), whole.search(queries, 20)):
+        assert np.array_equal(got, expected)
+    assert merged.index.reconstruct(int(ids[1])).tolist() == vectors[1].tolist()  # by id: the reverse map is built
+    merged.save(tmp_path / "merged.faiss")
+    reread = VectorIndex.load(tmp_path / "merged.faiss", "flat", 24, merged.ntotal)
+    assert np.array_equal(reread.ids_and_vectors()[1], expected_vectors)
+    for wrong in (int(keep.sum()) - 1, int(keep.sum()) + 1):
+        with pytest.raises(VectorIndexError, match=f"a merge into {wrong} vectors"):
+            VectorIndex.merge("flat", 24, iter(parts), dropped, count=wrong)
 
 
 def test_a_write_adds_a_segment_and_ten_merge_into_one(st_model_dir, tmp_path):
