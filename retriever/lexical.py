@@ -129,9 +129,9 @@ class LexicalIndex:
         rank[order] = np.arange(len(order), dtype=np.int32)
         lengths = np.concatenate(lengths)[order]
         # the chunk x term counts by term (column), rows ascending within each: bm25s' layout
-        by_term = scipy.sparse.coo_array((np.concatenate(counts), (rank[np.concatenate(rows)], np.concatenate(columns))),
-                                         shape=(len(ids), len(vocab))).tocsc()
-        del rows, columns, counts
+        pairs = (rank[np.concatenate(rows)], np.concatenate(columns))
+        by_term = scipy.sparse.coo_array((np.concatenate(counts), pairs), shape=(len(ids), len(vocab))).tocsc()
+        del rows, columns, counts, pairs
         by_term.sort_indices()
         frequencies = np.diff(by_term.indptr)
         used = frequencies > 0  # terms only dropped chunks held go
