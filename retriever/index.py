@@ -306,7 +306,7 @@ class Retriever:
                              f"got {vectors.shape}")
         started = time.perf_counter()
         with self._writing(wait) as store:
-            report = self._reload_and_diff(docs, [])
+            report, _ = self._reload_and_diff(docs, [])
             new_ids = set(report.added)
             report.updated = [d.id for d in docs if d.id not in new_ids]  # given vectors replace the old ones
             report.unchanged = 0
@@ -334,10 +334,12 @@ class Retriever:
             finally:
                 store.close()
 
-    def _reload_and_diff(self, documents: Iterable[Document], deletions: list[str]) -> UpdateReport:
+    def _reload_and_diff(self, documents: Iterable[Document], deletions: list[str]
+                         ) -> tuple[UpdateReport, np.ndarray]:
         """What `documents` and `deletions` change in the commit served (under the lock: the latest),
-        looked up DIFF_BATCH documents at a time: what it holds is ids, never texts."""
-        report = UpdateReport()
+        looked up DIFF_BATCH documents at a time: the report, and whether each document changes (in
+        the order `documents` come: a changed one is found again by its place, not by its id)."""
+        report, changes = UpdateReport(), []
         documents = iter(documents)
         while batch := [(d.id, d.content_hash) for d in itertools.islice(documents, DIFF_BATCH)]:
             with self._lock:
@@ -345,10 +347,11 @@ class Retriever:
             report.added += [doc_id for doc_id, _ in batch if doc_id not in hashes]
             report.updated += [doc_id for doc_id, digest in batch if doc_id in hashes and hashes[doc_id] != digest]
             report.unchanged += sum(hashes.get(doc_id) == digest for doc_id, digest in batch)
+            changes.append(np.fromiter((hashes.get(doc_id) != digest for doc_id, digest in batch), bool, len(batch)))
         with self._lock:
             held = self.store.hashes(deletions)
         report.removed = [doc_id for doc_id in deletions if doc_id in held]
-        return report
+        return report, np.concatenate(changes) if changes else np.zeros(0, bool)
 
     def _update(self, documents: Iterable[Document], deletions: list[str], show_progress: bool,
                 wait: float, commit_every: int | None = None, engine: EmbeddingEngine | None = None) -> UpdateReport:
@@ -358,16 +361,20 @@ class Retriever:
             raise ValueError(f"commit_every must be at least 1, got {commit_every}")
         started = time.perf_counter()
         with self._writing(wait) as store:
-            report = self._reload_and_diff(documents, deletions)
-            changing = {*report.added, *report.updated}
+            report, changes = self._reload_and_diff(documents, deletions)
+            changing = len(report.added) + len(report.updated)
             if changing or report.removed:
-                step = commit_every or max(len(changing), 1)
-                with TokenProgress(show_progress, "embedding", documents=len(changing)) as progress:
+                step = commit_every or max(changing, 1)
+                with TokenProgress(show_progress, "embedding", documents=changing) as progress:
                     if changing:
-                        changed = (d for d in documents if d.id in changing)
-                        batches = engine.embed(self, list(changed), step, progress) if engine \
-                            else self._embedded(changed, step, progress)
-                        self._commit_batches(store, batches, report, changing, progress)
+                        changed = itertools.compress(documents, changes)
+                        if engine:
+                            changed = list(changed)
+                            pending = {d.id for d in changed}
+                            batches = engine.embed(self, changed, step, progress)
+                        else:
+                            pending, batches = None, self._embedded(changed, step, progress)
+                        self._commit_batches(store, batches, report, pending, progress)
                     else:
                         self._commit(store, [], np.zeros((0, self.manifest.dimension), np.float32), [],
                                      report.removed)
@@ -375,11 +382,12 @@ class Retriever:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _commit_batches(self, store: Store, batches: Iterable[Embedded], report: UpdateReport, changing: set[str],
-                        progress: TokenProgress) -> None:
-        """Commits each embedded batch as it comes: the `changing` documents (the report's added and
-        updated ones), each exactly once, and with the first batch the report's removals."""
-        pending, updated = set(changing), set(report.updated)  # pending: not committed yet
+    def _commit_batches(self, store: Store, batches: Iterable[Embedded], report: UpdateReport,
+                        pending: set[str] | None, progress: TokenProgress) -> None:
+        """Commits each embedded batch as it comes: the report's added and updated documents, each
+        exactly once, and with the first batch the report's removals. `pending`: the ids of an
+        engine's documents, checked off as they commit (this process's own batches are the changed
+        documents in order, each once: nothing to check)."""
         removals = report.removed  # removed documents leave with the first commit
         batches = iter(batches)
         while True:
@@ -389,15 +397,20 @@ class Retriever:
             if embedded is None:
                 break
             batch, vectors, passages = embedded
-            _check_once(batch, pending)
+            if pending is not None:
+                _check_once(batch, pending)
             report.chunks_embedded += len(passages)
-            # replaced documents leave with their new version
-            self._commit(store, batch, vectors, passages, [d.id for d in batch if d.id in updated] + removals)
+            # replaced documents leave with their new version: those of the batch the index holds
+            store.at = self.manifest.commit
+            indexed = store.hashes([d.id for d in batch])
+            self._commit(store, batch, vectors, passages, [d.id for d in batch if d.id in indexed] + removals)
             removals = []
-            pending.difference_update(d.id for d in batch)
+            if pending is not None:
+                pending.difference_update(d.id for d in batch)
             progress.advance_documents(len(batch))
         if pending:
-            raise RetrieverError(f"no vectors came back for {len(pending)} of {len(changing)} documents "
+            changing = len(report.added) + len(report.updated)
+            raise RetrieverError(f"no vectors came back for {len(pending)} of {changing} documents "
                                  f"(e.g. {min(pending)!r}); those that did are committed: run again to embed the rest")
 
     def _embedded(self, documents: Iterable[Document], step: int, progress: TokenProgress) -> Iterator[Embedded]:
