@@ -320,6 +320,18 @@ def test_writes_benchmark_runs_on_an_hnsw_index(tmp_path):
     assert 0 < largest["dense_p50_ms"] <= largest["dense_p99_ms"] and largest["filtered_p50_ms"] > 0
 
 
+def test_memory_benchmark_runs_retriever_index_and_the_writer_alone():
+    """A tiny shape of `python -m evals.bench memory`: each size through `retriever index` and through the
+    writer alone, each with its peak memory."""
+    result = subprocess.run([sys.executable, "-m", "evals.bench", "memory", "--sizes", "200,400", "--json"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["documents"] for r in rows] == [200, 400]
+    for row in rows:  # the writer alone runs no forward: less than retriever index's whole process
+        assert 0 < row["writer_anon_mib"] < row["peak_rss_mib"] and row["seconds"] > 0 and row["writer_seconds"] > 0
+
+
 def test_ondisk_benchmark_searches_a_mapped_index_as_the_in_memory_one(tmp_path):
     """A tiny shape of `python -m evals.bench ondisk`: segments built, searched memory-mapped (under a
     cgroup limit where one can be made) and read whole, with the same ids both ways."""

@@ -257,7 +257,8 @@ def memory_command(
     sizes: str = typer.Option("20000,200000", metavar="N,N,...", help="Corpus sizes in documents, comma-separated."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
-    """Peak RSS of `retriever index` (the shipped model) over short documents, by corpus size."""
+    """Peak RSS of `retriever index` (the shipped model) over short documents, by corpus size, and of the
+    writer alone (the model's forward replaced by random vectors: reading, diffing, committing, merging)."""
     from evals.bench.writes import peak_memory
 
     with console.status("") as status:
@@ -266,14 +267,15 @@ def memory_command(
         print(json.dumps(results, indent=2))
         return
     table = Table(title="retriever index: peak RSS")
-    for column in ("documents", "seconds", "docs/s", "peak RSS MiB"):
+    for column in ("documents", "seconds", "docs/s", "peak RSS MiB", "writer alone: s", "peak anonymous MiB"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(f"{r['documents']:,}", f"{r['seconds']:.1f}", f"{r['documents'] / r['seconds']:,.0f}",
-                      f"{r['peak_rss_mib']:,.0f}")
+                      f"{r['peak_rss_mib']:,.0f}", f"{r['writer_seconds']:.1f}", f"{r['writer_anon_mib']:,.0f}")
     Console().print(table)
     Console().print(f"largest / smallest corpus: {results[-1]['peak_rss_mib'] / results[0]['peak_rss_mib']:.2f}x "
-                    "the memory (target: flat)")
+                    "the memory (target: flat); the writer alone (forward replaced by random vectors): "
+                    f"{results[-1]['writer_anon_mib'] / results[0]['writer_anon_mib']:.2f}x")
 
 
 @app.command("crash")

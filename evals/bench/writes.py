@@ -8,7 +8,8 @@ search at a million chunks, the memory of `retriever index`, and kill -9 at rand
     smallest index: the 1-document write at the largest size against it (target <= 3x). At the
     largest size, warm search p50/p99 (hybrid, dense, and hybrid filtered to 1% of the documents).
 (2) memory: peak RSS of `retriever index` (a process of its own, the shipped model) over 20k and
-    200k short documents in a JSONL file: it must not grow with the corpus.
+    200k short documents in a JSONL file: it must not grow with the corpus. And the writer alone
+    (`writer_alone`: the forward replaced by random vectors), its peak anonymous memory.
 (3) crash: one growing `retriever index --commit-every 200` of short documents, killed (SIGKILL)
     at a random moment 20 times and rerun each time, then run to the end. After each kill: the
     index opens, manifest, store and segments count the same documents and chunks, it holds at least
@@ -111,8 +112,45 @@ def peak_memory(sizes: list[int], status) -> list[dict]:
             out = subprocess.run([sys.executable, "-c", probe,
                                   *_retriever_index(str(corpus), "--index", str(Path(workdir) / f"idx-{size}"))],
                                  check=True, capture_output=True, text=True).stdout.split()
-            results.append({"documents": size, "seconds": float(out[0]), "peak_rss_mib": int(out[1]) / 1024})
+            status(f"memory: the writer alone over {size:,} documents")
+            alone = subprocess.run([sys.executable, "-c", "import sys; from evals.bench.writes import writer_alone; "
+                                    "writer_alone(*sys.argv[1:])", str(corpus), str(Path(workdir) / f"alone-{size}")],
+                                   check=True, capture_output=True, text=True).stdout.split()
+            results.append({"documents": size, "seconds": float(out[0]), "peak_rss_mib": int(out[1]) / 1024,
+                            "writer_seconds": float(alone[0]), "writer_anon_mib": int(alone[1]) / 1024})
     return results
+
+
+def writer_alone(corpus: str, index: str) -> None:
+    """Prints the seconds and the peak anonymous memory (KiB, sampled every 10 ms) of what `retriever index`
+    does over `corpus` with the model's forward replaced by random unit vectors: the writer's own memory
+    (reading, diffing, committing, merging) beside the model's weights, without what its forward uses."""
+    import threading
+
+    import retriever.index
+    from retriever.documents import read_corpus
+    from retriever.embedding import Passage
+
+    peak = [0]
+
+    def sample() -> None:
+        while True:
+            with open("/proc/self/status") as status:
+                peak[0] = max(peak[0], next(int(line.split()[1]) for line in status if line.startswith("RssAnon")))
+            time.sleep(0.01)
+
+    threading.Thread(target=sample, daemon=True).start()
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    writer = retriever.index.Retriever.create(Path(index), None)
+
+    def random_forward(model, documents, chunking, batch_tokens, progress):
+        return _unit(rng, len(documents), writer.manifest.dimension), [Passage(i, 0, len(d.text))
+                                                                        for i, d in enumerate(documents)]
+
+    retriever.index.embed_documents = random_forward
+    writer.sync(read_corpus([corpus]), commit_every=1000)  # retriever index's default
+    print(time.perf_counter() - started, peak[0])
 
 
 def _committed(index: Path) -> int:
