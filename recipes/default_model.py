@@ -79,6 +79,9 @@ class DefaultModelConfig(RecipeConfig):
     contrastive_steps: int = option(0, "Contrastive steps; 0: run for contrastive_seconds.")
     contrastive_batch_size: int = option(128, "Pairs per contrastive step (in-batch negatives).")
     contrastive_lr: float = option(3e-4, "Peak contrastive learning rate.")
+    contrastive_loss: str = option("mnrl", "recipes/contrastive.py's loss: mnrl, or cached_mnrl (GradCache: a large "
+                                           "batch's in-batch negatives in a small one's memory).")
+    contrastive_mini_batch_size: int = option(16, "cached_mnrl: texts per forward/backward chunk.")
     long_wikipedia: int = option(3000, "Long Wikipedia documents (an article among others) in the pairs.")
     known_items: int = option(0, "Known-item pairs in the contrastive mix: a rare name from inside a Wikipedia "
                                  "article (once in it, in no other article, not in its title), or the sentence "
@@ -452,6 +455,7 @@ def train_default_model(config: DefaultModelConfig) -> Path:
     keys, clock = stage_arguments(config.contrastive_seconds, config.contrastive_steps, config.contrastive_lr)
     contrastive = ContrastiveConfig(model=start, output_dir=str(out / "contrastive"),
                                     max_length=config.max_length, batch_size=config.contrastive_batch_size,
+                                    loss=config.contrastive_loss, mini_batch_size=config.contrastive_mini_batch_size,
                                     lr=config.contrastive_lr, seed=config.seed, dataloader_workers=workers,
                                     save_steps=config.save_steps, **keys)
     if _stage_done(contrastive.output_dir, config):
