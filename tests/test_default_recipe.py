@@ -148,12 +148,14 @@ def test_opening_known_item_triplets_open_with_the_sentence_one_time_in_two_each
     assert all(8 <= count <= 32 for count in opens.values()), f"of 40 each, these opened with it: {opens}"
 
 
-@pytest.mark.parametrize("negatives", ["", "moved"])
-def test_recipe_continues_a_shipped_model_with_known_items(st_model_dir, tmp_path, negatives):
+@pytest.mark.parametrize("negatives,loss", [("", "mnrl"), ("moved", "mnrl"), ("", "cached_mnrl")])
+def test_recipe_continues_a_shipped_model_with_known_items(st_model_dir, tmp_path, negatives, loss):
+    """cached_mnrl: GradCache, a batch of 8 pairs through forwards of 3 texts."""
     final = tmp_path / "final"
     keys = dict(data_dir=_bundle(tmp_path / "data"), output_dir=tmp_path / "run", final_dir=final,
                 start_model=st_model_dir, known_items=100, max_length=1024, contrastive_steps=2,
-                contrastive_batch_size=8 if not negatives else 4, dataloader_workers=1, max_texts=1000)
+                contrastive_batch_size=8 if not negatives else 4, dataloader_workers=1, max_texts=1000,
+                contrastive_loss=loss, contrastive_mini_batch_size=3)
     if negatives:
         keys["known_item_negatives"] = negatives
     run = subprocess.run([sys.executable, "-c", RUN_WITHOUT_FAISS, "--set", *(f"{k}={v}" for k, v in keys.items())],
