@@ -73,6 +73,10 @@ class DefaultModelConfig(RecipeConfig):
     distill_loss: str = option("both", "recipes/distill.py's loss: both (the teacher's cached embeddings and their "
                                        "similarities) or layers (the teacher run beside a warm-started student, "
                                        "matched layer by layer).")
+    distill_pack_tokens: int = option(0, "distill_loss layers: the student reads packs of texts of 256 to this many "
+                                         "tokens, the teacher each text alone (recipes/distill.py pack_texts): token "
+                                         "states that do not depend on where in a long input they sit. 0: texts one "
+                                         "at a time, at <= 256 tokens.")
     save_steps: int = option(0, "Stages keep a checkpoint every this many steps; a rerun resumes from it, and skips "
                                 "a stage whose final model exists (0: no checkpoints, every stage runs).")
     contrastive_seconds: float = option(240.0, "Contrastive time budget (used when contrastive_steps is 0).")
@@ -435,6 +439,7 @@ def train_default_model(config: DefaultModelConfig) -> Path:
         keys, clock = stage_arguments(config.distill_seconds, config.distill_steps, config.distill_lr)
         distill = DistillConfig(student=str(student), teacher=teacher, output_dir=str(out / "distill"),
                                 loss=config.distill_loss, teacher_layers=config.teacher_layers, max_length=256,
+                                pack_tokens=config.distill_pack_tokens,
                                 batch_size=config.distill_batch_size, lr=config.distill_lr, seed=config.seed,
                                 dataloader_workers=workers, save_steps=config.save_steps, **keys)
         if not _stage_done(distill.output_dir, config):

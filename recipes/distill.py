@@ -9,11 +9,16 @@ student's, MSE goes through a stock Dense projection appended to the student.
 (recipes/default_model.py's warm start): the teacher (a BERT) runs beside the student on the same
 tokens, and each student layer's output learns the teacher layer it stands for, token by token
 (TinyBERT's hidden-state loss), besides the sentence embedding and the in-batch similarities.
+With `pack_tokens`, the student reads packs of texts up to thousands of tokens long and the teacher each
+text alone: a token's state must not depend on where in a long input it sits, which distillation on
+short texts never asks (a student distilled on them alone ranks long documents by their opening).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +42,10 @@ class DistillConfig(RecipeConfig):
                               "run beside the student: same width and vocabulary needed).")
     teacher_layers: list[int] = option([], "loss layers: the teacher layer each student layer stands for (empty: "
                                            "the first ones).")
+    pack_tokens: int = option(0, "loss layers: join the texts into packs of 256 to this many tokens (pack_texts); the "
+                                 "student reads a pack (max_length is then this), the teacher each text alone, and "
+                                 "each student token learns the teacher's state of it in its own text, wherever in "
+                                 "the pack it sits. 0: no packs.")
     max_length: int = option(512, "Tokens per text for the student.")
     max_texts: int = option(0, "Use at most this many texts (0: all).")
     batch_size: int = option(64, "Texts per step.")
@@ -103,9 +112,10 @@ class LayerDistillLoss(nn.Module):
     The sentence embeddings add their cosine distance to the teacher's (mean pooling, as
     sentence-transformers' BERT models pool) and the in-batch similarity matrix's MSE."""
 
-    def __init__(self, model, teacher, teacher_layers: list[int]):
+    def __init__(self, model, teacher, teacher_layers: list[int], separator: int | None = None):
         super().__init__()
         self.model, self.teacher = model, teacher.eval().requires_grad_(False)
+        self.separator = separator  # pack_tokens: the token after each text of a pack
         encoder = model[0].auto_model
         if len(teacher_layers) != len(encoder.layers) or encoder.config.hidden_size != teacher.config.hidden_size:
             raise ValueError(f"loss layers needs one teacher layer per student layer (got {teacher_layers} for "
@@ -134,20 +144,80 @@ class LayerDistillLoss(nn.Module):
         real = [rows.numel() for rows, _ in groups]  # a group's padding rows (bfloat16: token_bucket) come last
         outputs = [torch.cat([output[:n] for output, n in zip(outputs[i::len(self.layers)], real)])[order]
                    for i in range(len(self.layers))]
+        if self.separator is None:
+            teacher_ids, teacher_mask = features["input_ids"], features["attention_mask"]
+            student_rows = torch.arange(len(order))  # every real token, against the teacher's same one
+            teacher_rows = torch.arange(len(order))
+            pack_of_text = torch.arange(len(teacher_ids))
+        else:
+            teacher_ids, teacher_mask, student_rows, teacher_rows, pack_of_text = self.unpack(
+                features["input_ids"], mask)
         with torch.no_grad():
-            hidden = self.teacher(input_ids=features["input_ids"], attention_mask=features["attention_mask"],
-                                  output_hidden_states=True).hidden_states
-            weights = mask.unsqueeze(-1).to(hidden[-1].dtype)
-            target = nn.functional.normalize((hidden[-1] * weights).sum(1) / weights.sum(1), dim=-1)
+            hidden = self.teacher(input_ids=teacher_ids, attention_mask=teacher_mask, output_hidden_states=True
+                                  ).hidden_states
+            # the sentence target: the mean of the teacher's tokens over each pack's texts (its one text unpacked)
+            tokens = hidden[-1][teacher_mask.bool()]
+            text_of_token = pack_of_text.repeat_interleave(teacher_mask.sum(1))
+            sums = tokens.new_zeros(len(mask), tokens.shape[1]).index_add_(0, text_of_token, tokens)
+            target = nn.functional.normalize(sums, dim=-1)
         loss = student.new_zeros(())
         # the layers' outputs are packed [tokens, hidden], in the order of the padded grid's real tokens
         for output, norm, layer in zip(outputs, self.norms, self.teacher_layers):
-            teacher_tokens = hidden[layer + 1][mask]
-            loss = loss + nn.functional.mse_loss(norm(output), teacher_tokens) / teacher_tokens.pow(2).mean()
+            teacher_tokens = hidden[layer + 1][teacher_mask.bool()][teacher_rows]
+            loss = loss + nn.functional.mse_loss(norm(output[student_rows]), teacher_tokens) \
+                / teacher_tokens.pow(2).mean()
         loss = loss / len(self.norms)
         s = nn.functional.normalize(student, dim=-1)
         loss = loss + (1 - (s * target).sum(-1)).mean() + nn.functional.mse_loss(s @ s.T, target @ target.T)
         return loss
+
+    def unpack(self, input_ids: torch.Tensor, mask: torch.Tensor):
+        """The teacher's batch of a packed one: each text between separators as `[CLS] text [SEP]` (cut to the
+        teacher's positions), with the rows of the student's and of the teacher's real tokens that stand for
+        the same token of a text (the texts' own tokens; a pack's [CLS] and separators have no one text), and
+        the pack each text came from."""
+        limit = self.teacher.config.max_position_embeddings - 2
+        cls, sep = input_ids[0, 0].item(), self.separator
+        flat = (mask.flatten().cumsum(0) - 1).view(mask.shape)  # (pack, position) -> row of the real tokens
+        texts, student_rows, packs = [], [], []
+        for b, length in enumerate(mask.sum(1).tolist()):
+            ids = input_ids[b, :length].tolist()
+            start = 1  # after the pack's [CLS]
+            for end, token in enumerate(ids):
+                if token == sep and end > start:
+                    n = min(end - start, limit)
+                    texts.append([cls] + ids[start:start + n] + [sep])
+                    student_rows.append(flat[b, start:start + n])
+                    packs.append(b)
+                if token == sep:
+                    start = end + 1
+        width = max(map(len, texts))
+        teacher_ids = input_ids.new_zeros(len(texts), width)
+        teacher_mask = input_ids.new_zeros(len(texts), width)
+        for r, ids in enumerate(texts):
+            teacher_ids[r, : len(ids)] = torch.tensor(ids)
+            teacher_mask[r, : len(ids)] = 1
+        teacher_flat = (teacher_mask.flatten().cumsum(0) - 1).view(teacher_mask.shape)
+        teacher_rows = torch.cat([teacher_flat[r, 1: len(ids) - 1] for r, ids in enumerate(texts)])
+        return teacher_ids, teacher_mask, torch.cat(student_rows), teacher_rows, torch.tensor(packs)
+
+
+def pack_texts(texts: list[str], separator: str, max_tokens: int, rng) -> list[str]:
+    """`texts` joined, in order, into packs of a length drawn log-uniformly from 256 tokens to `max_tokens`
+    (judged by characters, about 4 a token), each text cut to 2,000 characters (about 500 tokens, what the
+    teacher reads) and followed by `separator`: packed distillation's inputs."""
+    packs, current, size = [], [], 0
+    budget = 4 * math.exp(rng.uniform(math.log(256), math.log(max_tokens)))
+    for text in texts:
+        current.append(text[:2000] + " " + separator)
+        size += min(len(text), 2000)
+        if size >= budget:
+            packs.append(" ".join(current))
+            current, size = [], 0
+            budget = 4 * math.exp(rng.uniform(math.log(256), math.log(max_tokens)))
+    if current:
+        packs.append(" ".join(current))
+    return packs
 
 
 def train_distill(config: DistillConfig, texts: list[str] | None = None, callbacks: list | None = None):
@@ -196,10 +266,15 @@ def _train_layers(config: DistillConfig, texts: list[str], callbacks: list | Non
 
     from encoder import load_embedder
 
-    student = load_embedder(config.student, max_length=config.max_length, dtype=getattr(torch, config.dtype))
+    max_length = config.pack_tokens or config.max_length
+    student = load_embedder(config.student, max_length=max_length, dtype=getattr(torch, config.dtype))
     teacher = AutoModel.from_pretrained(config.teacher).to(student.device)
     layers = config.teacher_layers or list(range(len(student[0].auto_model.layers)))
-    loss = LayerDistillLoss(student, teacher, layers)
+    separator = None
+    if config.pack_tokens:
+        separator = student.tokenizer.sep_token_id
+        texts = pack_texts(texts, student.tokenizer.sep_token, config.pack_tokens, random.Random(config.seed))
+    loss = LayerDistillLoss(student, teacher, layers, separator)
     SentenceTransformerTrainer(model=student, args=trainer_arguments(config), train_dataset=Dataset.from_dict(
         {"text": texts}), loss=loss, callbacks=callbacks).train(resume_from_checkpoint=last_checkpoint(config))
     save_final(student, config)
