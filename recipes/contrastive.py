@@ -2,7 +2,8 @@
 
 (query, positive[, negative]) pairs -> optional hard negatives mined with the model itself ->
 MultipleNegativesRankingLoss (or its cached, GradCache variant for large batches in small
-memory), optionally inside MatryoshkaLoss -> IR evaluation on a BEIR dev split -> the standard
+memory), optionally inside MatryoshkaLoss, and optionally beside packs of texts distilled layer by
+layer from a teacher (`pack_tokens`) -> IR evaluation on a BEIR dev split -> the standard
 sentence-transformers layout in output_dir/final.
 """
 
@@ -35,6 +36,15 @@ class ContrastiveConfig(RecipeConfig):
                                          "positives).")
     query_prompt: str = option("", "Prefix for queries; empty: the model's 'query' prompt, if any.")
     document_prompt: str = option("", "Prefix for passages; empty: the model's 'document' prompt, if any.")
+    teacher: str = option("", "pack_tokens: the teacher BERT (a sentence-transformers folder or hub id whose root "
+                              "holds it) the packs are distilled from.")
+    teacher_layers: list[int] = option([], "pack_tokens: the teacher layer each model layer stands for (empty: the "
+                                           "first ones).")
+    pack_tokens: int = option(0, "The mix also holds packs of distillation texts of 256 to this many tokens, "
+                                 "trained with recipes/distill.py's layers loss against the teacher (each token's "
+                                 "state in its own text), so that what packed distillation taught long inputs holds "
+                                 "while the pairs teach retrieval. 0: pairs only.")
+    pack_share: float = option(0.25, "pack_tokens: the share of steps that are packs.")
     max_length: int = option(512, "Tokens per text.")
     batch_size: int = option(32, "Pairs per step (in-batch negatives).")
     epochs: float = option(1.0, "Passes over the pairs.")
@@ -117,11 +127,23 @@ def pair_datasets(pairs: list[dict[str, str]]) -> DatasetDict:
                         for columns, rows in groups.items()})
 
 
+def with_packs(train_dataset: DatasetDict, packs: list[str], share: float) -> DatasetDict:
+    """The mix plus a `packs` dataset, its rows repeated or cut so that about `share` of the batches (drawn in
+    proportion to the datasets' sizes) are packs."""
+    from datasets import Dataset, DatasetDict
+
+    rows = sum(len(dataset) for dataset in train_dataset.values())
+    count = round(rows * share / (1 - share))
+    return DatasetDict({**train_dataset,
+                        "packs": Dataset.from_dict({"text": [packs[i % len(packs)] for i in range(count)]})})
+
+
 def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | None = None,
-                      callbacks: list | None = None):
+                      callbacks: list | None = None, texts: list[str] | None = None):
     """Fine-tunes config.model on the pairs; returns the trained model (also saved in output_dir/final).
 
-    `callbacks`: extra transformers TrainerCallbacks (e.g. a time budget)."""
+    `callbacks`: extra transformers TrainerCallbacks (e.g. a time budget). `texts`: what config.pack_tokens
+    packs (recipes/distill.py's distillation texts)."""
     from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.sentence_transformer.losses import (
@@ -130,11 +152,14 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers, MultiDatasetBatchSamplers
 
     from encoder import load_embedder
+    from recipes.distill import layer_distillation
     from retriever.beir import load_beir
     from retriever.documents import embedding_input
 
     if config.loss not in ("mnrl", "cached_mnrl"):
         raise ValueError(f"loss must be mnrl or cached_mnrl, got {config.loss!r}")
+    if config.pack_tokens and not (texts and config.teacher and 0 < config.pack_share < 1):
+        raise ValueError("pack_tokens needs texts to pack, a teacher and a pack_share between 0 and 1")
     model = load_embedder(config.model, max_length=config.max_length, dtype=getattr(torch, config.dtype))
     query_prompt = config.query_prompt or model.prompts.get("query") or None
     document_prompt = config.document_prompt or model.prompts.get("document") or None
@@ -144,8 +169,6 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
                                     query_prompt, document_prompt)
     train_dataset = pair_datasets(pairs)
     columns = list(dict.fromkeys(c for dataset in train_dataset.values() for c in dataset.column_names))
-    if len(train_dataset) == 1:
-        train_dataset = next(iter(train_dataset.values()))
 
     if config.loss == "cached_mnrl":
         loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=config.mini_batch_size)
@@ -153,6 +176,13 @@ def train_contrastive(config: ContrastiveConfig, pairs: list[dict[str, str]] | N
         loss = MultipleNegativesRankingLoss(model)
     if config.matryoshka_dims:
         loss = MatryoshkaLoss(model, loss, matryoshka_dims=config.matryoshka_dims)
+    if config.pack_tokens:
+        packs, pack_loss = layer_distillation(model, config.teacher, config.teacher_layers, texts, config.pack_tokens,
+                                              config.seed)
+        loss = {**{name: loss for name in train_dataset}, "packs": pack_loss}  # a batch is one dataset's
+        train_dataset = with_packs(train_dataset, packs, config.pack_share)
+    elif len(train_dataset) == 1:
+        train_dataset = next(iter(train_dataset.values()))
 
     evaluator = None
     if config.eval_data:

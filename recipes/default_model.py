@@ -6,17 +6,20 @@
    so the student starts knowing which words are alike.
 3. Distillation (recipes/distill.py): MSE to all-MiniLM-L6-v2's normalised embeddings (through a
    Dense projection to 384) plus the in-batch similarity loss, on short texts (the teacher reads
-   256 tokens).
+   256 tokens); or, with `distill_loss: layers` and a warm start, layer by layer. Then, with
+   `distill_pack_tokens`, packed distillation: the student reads packs of texts thousands of tokens
+   long, the teacher each text alone, so that a token's state does not depend on where it sits.
 4. Contrastive (recipes/contrastive.py): MNRL with in-batch negatives on the pairs mix plus long
    pairs at up to 8192 tokens: manual pages for their NAME line, and Wikipedia articles rebuilt
    from their sections and placed among other articles, so that finding what a query asks inside
    a long document is learnt; optionally known-item pairs (`known_items`): a rare name from inside
-   a Wikipedia article, or its sentence, -> the article.
+   a Wikipedia article, or its sentence, -> the article; optionally packs distilled as in 3 beside
+   the pairs (`contrastive_pack_tokens`).
 5. Ship: the Dense projection folded into a square one with the same similarities (SVD:
    W = U S V^T, |Wx| = |S V^T x|), Normalize appended, max length 8192, saved in the standard
    sentence-transformers layout to `final_dir`.
 
-With `start_model` the student and its distillation are skipped: the contrastive stage continues
+With `start_model` the student and its distillations are skipped: the contrastive stage continues
 training that model (an earlier version's, e.g. runs/v2/model).
 
 Each training stage runs for a time budget (`*_seconds`) or a fixed number of steps (`*_steps`);
@@ -73,10 +76,15 @@ class DefaultModelConfig(RecipeConfig):
     distill_loss: str = option("both", "recipes/distill.py's loss: both (the teacher's cached embeddings and their "
                                        "similarities) or layers (the teacher run beside a warm-started student, "
                                        "matched layer by layer).")
-    distill_pack_tokens: int = option(0, "distill_loss layers: the student reads packs of texts of 256 to this many "
-                                         "tokens, the teacher each text alone (recipes/distill.py pack_texts): token "
-                                         "states that do not depend on where in a long input they sit. 0: texts one "
-                                         "at a time, at <= 256 tokens.")
+    distill_pack_tokens: int = option(0, "distill_loss layers: after the short texts, a stage of packed distillation: "
+                                         "the student reads packs of texts of 256 to this many tokens, the teacher "
+                                         "each text alone (recipes/distill.py pack_texts), so that token states do "
+                                         "not depend on where in a long input they sit. 0: no such stage.")
+    distill_pack_seconds: float = option(600.0, "Packed distillation's time budget (used when distill_pack_steps "
+                                                "is 0).")
+    distill_pack_steps: int = option(0, "Packed distillation steps; 0: run for distill_pack_seconds.")
+    distill_pack_batch_size: int = option(8, "Packs per packed distillation step.")
+    distill_pack_lr: float = option(2e-4, "Peak packed distillation learning rate.")
     save_steps: int = option(0, "Stages keep a checkpoint every this many steps; a rerun resumes from it, and skips "
                                 "a stage whose final model exists (0: no checkpoints, every stage runs).")
     contrastive_seconds: float = option(240.0, "Contrastive time budget (used when contrastive_steps is 0).")
@@ -86,6 +94,11 @@ class DefaultModelConfig(RecipeConfig):
     contrastive_loss: str = option("mnrl", "recipes/contrastive.py's loss: mnrl, or cached_mnrl (GradCache: a large "
                                            "batch's in-batch negatives in a small one's memory).")
     contrastive_mini_batch_size: int = option(16, "cached_mnrl: texts per forward/backward chunk.")
+    contrastive_pack_tokens: int = option(0, "The contrastive mix also holds packs of the distillation texts of 256 "
+                                             "to this many tokens, distilled from the teacher layer by layer "
+                                             "(recipes/contrastive.py pack_tokens): the pairs alone pull a long "
+                                             "document towards its opening again. 0: pairs only.")
+    contrastive_pack_share: float = option(0.25, "contrastive_pack_tokens: the share of contrastive steps on packs.")
     long_wikipedia: int = option(3000, "Long Wikipedia documents (an article among others) in the pairs.")
     known_items: int = option(0, "Known-item pairs in the contrastive mix: a rare name from inside a Wikipedia "
                                  "article (once in it, in no other article, not in its title), or the sentence "
@@ -427,19 +440,22 @@ def train_default_model(config: DefaultModelConfig) -> Path:
                      "data": json.loads((data_dir / "manifest.json").read_text()),
                      "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
+    if config.distill_pack_tokens and config.distill_loss != "layers":
+        raise ValueError(f"distill_pack_tokens needs distill_loss layers, got {config.distill_loss!r}")
+    teacher = teacher_path(config)
+    texts = distillation_texts(pairs, raw)
+    # (a start_model run without packs draws its pairs as it did before packs existed)
+    if not config.start_model or config.contrastive_pack_tokens:
+        rng.shuffle(texts)  # the layers loss reads a fraction of an epoch on a CPU: a mix of every source
     if config.start_model:
         start = config.start_model
         summary["distill"] = {"skipped": f"the contrastive stage starts from {start}"}
     else:
         started = time.perf_counter()
-        teacher = teacher_path(config)
         student = init_student(config, teacher, out / "init")
-        texts = distillation_texts(pairs, raw)
-        rng.shuffle(texts)  # the layers loss reads a fraction of an epoch on a CPU: a mix of every source
         keys, clock = stage_arguments(config.distill_seconds, config.distill_steps, config.distill_lr)
         distill = DistillConfig(student=str(student), teacher=teacher, output_dir=str(out / "distill"),
                                 loss=config.distill_loss, teacher_layers=config.teacher_layers, max_length=256,
-                                pack_tokens=config.distill_pack_tokens,
                                 batch_size=config.distill_batch_size, lr=config.distill_lr, seed=config.seed,
                                 dataloader_workers=workers, save_steps=config.save_steps, **keys)
         if not _stage_done(distill.output_dir, config):
@@ -448,6 +464,20 @@ def train_default_model(config: DefaultModelConfig) -> Path:
                               "seconds": round(time.perf_counter() - started, 1)}
         start = str(out / "distill" / "final")
     console.print(f"distillation: {summary['distill']}")
+    if config.distill_pack_tokens and not config.start_model:
+        started = time.perf_counter()
+        keys, clock = stage_arguments(config.distill_pack_seconds, config.distill_pack_steps,
+                                      config.distill_pack_lr)
+        packed = DistillConfig(student=start, teacher=teacher, output_dir=str(out / "distill_packs"),
+                               loss="layers", teacher_layers=config.teacher_layers,
+                               pack_tokens=config.distill_pack_tokens, batch_size=config.distill_pack_batch_size,
+                               lr=config.distill_pack_lr, seed=config.seed, dataloader_workers=workers,
+                               save_steps=config.save_steps, **keys)
+        if not _stage_done(packed.output_dir, config):
+            train_distill(packed, texts, callbacks=[clock])
+        summary["distill_packs"] = {"steps": clock.steps, "seconds": round(time.perf_counter() - started, 1)}
+        start = str(out / "distill_packs" / "final")
+        console.print(f"packed distillation: {summary['distill_packs']}")
 
     started = time.perf_counter()
     train_pairs = [{"query": p["query"], "positive": p["positive"]} for p in pairs]
@@ -461,6 +491,9 @@ def train_default_model(config: DefaultModelConfig) -> Path:
     contrastive = ContrastiveConfig(model=start, output_dir=str(out / "contrastive"),
                                     max_length=config.max_length, batch_size=config.contrastive_batch_size,
                                     loss=config.contrastive_loss, mini_batch_size=config.contrastive_mini_batch_size,
+                                    teacher=teacher, teacher_layers=config.teacher_layers,
+                                    pack_tokens=config.contrastive_pack_tokens,
+                                    pack_share=config.contrastive_pack_share,
                                     lr=config.contrastive_lr, seed=config.seed, dataloader_workers=workers,
                                     save_steps=config.save_steps, **keys)
     if _stage_done(contrastive.output_dir, config):
@@ -468,7 +501,7 @@ def train_default_model(config: DefaultModelConfig) -> Path:
 
         model = load_embedder(Path(contrastive.output_dir) / "final")
     else:
-        model = train_contrastive(contrastive, train_pairs, callbacks=[clock])
+        model = train_contrastive(contrastive, train_pairs, callbacks=[clock], texts=texts)
     summary["contrastive"] = {"pairs": len(train_pairs), "known_items": len(known), "steps": clock.steps,
                               "seconds": round(time.perf_counter() - started, 1)}
     console.print(f"contrastive: {summary['contrastive']}")

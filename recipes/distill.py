@@ -220,6 +220,20 @@ def pack_texts(texts: list[str], separator: str, max_tokens: int, rng) -> list[s
     return packs
 
 
+def layer_distillation(student, teacher: str, teacher_layers: list[int], texts: list[str], pack_tokens: int,
+                       seed: int) -> tuple[list[str], LayerDistillLoss]:
+    """The layers loss of `student` against the teacher BERT at `teacher` (its layers `teacher_layers`, empty:
+    the first ones), and the texts it reads: `texts` themselves, or packs of them (`pack_tokens`)."""
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(teacher).to(student.device)
+    layers = teacher_layers or list(range(len(student[0].auto_model.layers)))
+    if not pack_tokens:
+        return texts, LayerDistillLoss(student, bert, layers)
+    packs = pack_texts(texts, student.tokenizer.sep_token, pack_tokens, random.Random(seed))
+    return packs, LayerDistillLoss(student, bert, layers, student.tokenizer.sep_token_id)
+
+
 def train_distill(config: DistillConfig, texts: list[str] | None = None, callbacks: list | None = None):
     """Distils config.teacher into config.student; returns the student (also saved in output_dir/final).
 
@@ -262,19 +276,13 @@ def _train_layers(config: DistillConfig, texts: list[str], callbacks: list | Non
     runs beside the student on every batch; nothing is cached."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
-    from transformers import AutoModel
 
     from encoder import load_embedder
 
     max_length = config.pack_tokens or config.max_length
     student = load_embedder(config.student, max_length=max_length, dtype=getattr(torch, config.dtype))
-    teacher = AutoModel.from_pretrained(config.teacher).to(student.device)
-    layers = config.teacher_layers or list(range(len(student[0].auto_model.layers)))
-    separator = None
-    if config.pack_tokens:
-        separator = student.tokenizer.sep_token_id
-        texts = pack_texts(texts, student.tokenizer.sep_token, config.pack_tokens, random.Random(config.seed))
-    loss = LayerDistillLoss(student, teacher, layers, separator)
+    texts, loss = layer_distillation(student, config.teacher, config.teacher_layers, texts, config.pack_tokens,
+                                     config.seed)
     SentenceTransformerTrainer(model=student, args=trainer_arguments(config), train_dataset=Dataset.from_dict(
         {"text": texts}), loss=loss, callbacks=callbacks).train(resume_from_checkpoint=last_checkpoint(config))
     save_final(student, config)

@@ -118,6 +118,16 @@ def bert_embedder(checkpoint_dir, path, hidden_size: int, num_hidden_layers: int
     return path / "st"
 
 
+def tiny_student_and_teacher(checkpoint_dir, tmp_path):
+    """A small ModernBERT student (PCA init) of a random BERT teacher of its width, 32, for the layers loss."""
+    from recipes.default_model import DefaultModelConfig, init_student
+
+    teacher = bert_embedder(checkpoint_dir, tmp_path / "teacher", hidden_size=32, num_hidden_layers=2, seed=3)
+    fresh = DefaultModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               max_length=2048, student_init="pca")
+    return init_student(fresh, str(teacher), tmp_path / "student"), teacher
+
+
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory):
     """A bare ModernBERT checkpoint (random init, transformers) with its tokenizer."""

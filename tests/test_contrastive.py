@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sentence_transformers import SentenceTransformer
 
 from recipes.contrastive import ContrastiveConfig, mine_hard_negatives, pair_datasets, read_pairs, train_contrastive
-from tests.conftest import make_corpus
+from tests.conftest import make_corpus, tiny_student_and_teacher
 
 
 def make_pairs(n: int, seed: int) -> list[dict[str, str]]:
@@ -67,6 +68,47 @@ def test_pairs_and_triplets_train_as_two_datasets_of_one_mix(checkpoint_dir, tmp
     config = ContrastiveConfig(model=str(checkpoint_dir), output_dir=str(tmp_path), batch_size=8, max_length=128)
     train_contrastive(config, pairs=mix, callbacks=[steps])
     assert steps.steps == 40 // 8 + 16 // 8, "one epoch: every batch of each dataset once"
+
+
+def test_packs_in_the_mix_keep_distilling_the_teacher_beside_the_pairs(checkpoint_dir, tmp_path):
+    """pack_tokens: a share of the steps are packs under the layers loss. After the same steps, the layer loss
+    on packs it never saw is lower than after pairs alone (measured: 1.36 against 2.95, 2.99 at the start), and
+    retrieval is still learnt (0.27 of 60 queries right, pairs alone 0.32, at the start 0.13: the toy teacher
+    is a random BERT, whose states have nothing to do with retrieval)."""
+    import random
+
+    import transformers
+
+    from encoder import load_embedder
+    from recipes.contrastive import with_packs
+    from recipes.distill import LayerDistillLoss, pack_texts
+
+    student_dir, teacher = tiny_student_and_teacher(checkpoint_dir, tmp_path)
+    mix = with_packs(pair_datasets(make_pairs(60, 16)), ["a pack"] * 3, 0.25)
+    rows = {name: len(dataset) for name, dataset in mix.items()}
+    assert rows["packs"] == round(rows["query_positive"] / 3) and mix["packs"]["text"] == ["a pack"] * rows["packs"]
+
+    bert = transformers.BertModel.from_pretrained(teacher).eval()
+    held_out = pack_texts(make_corpus(60, 31), "[SEP]", 1024, random.Random(1))
+
+    def held_out_loss(model) -> float:
+        loss = LayerDistillLoss(model, bert, [0, 1], separator=model.tokenizer.sep_token_id)
+        with torch.no_grad():
+            return float(loss([dict(model.tokenize(held_out))], None))
+
+    pairs = make_pairs(200, 17)
+    runs = {}
+    for pack_tokens in (0, 1024):
+        config = ContrastiveConfig(model=str(student_dir), output_dir=str(tmp_path / f"run{pack_tokens}"),
+                                   batch_size=8, max_steps=60, lr=2e-3, max_length=1024, teacher=str(teacher),
+                                   teacher_layers=[0, 1], pack_tokens=pack_tokens, pack_share=0.25)
+        runs[pack_tokens] = train_contrastive(config, pairs=pairs, texts=make_corpus(300, 30))
+    start = load_embedder(student_dir, device="cpu", max_length=1024)
+    assert held_out_loss(runs[1024]) < 0.8 * min(held_out_loss(runs[0]), held_out_loss(start))
+    assert retrieval_accuracy(runs[1024], pairs[:60]) > retrieval_accuracy(start, pairs[:60]) + 0.1
+    with pytest.raises(ValueError, match="pack_tokens needs texts"):
+        train_contrastive(ContrastiveConfig(model=str(student_dir), output_dir=str(tmp_path / "bad"), max_steps=1,
+                                            pack_tokens=1024, teacher=str(teacher)), pairs=pairs)
 
 
 def test_mined_negatives_are_other_passages(checkpoint_dir):

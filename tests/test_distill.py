@@ -8,7 +8,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from recipes.distill import DistillConfig, teacher_embeddings, train_distill
-from tests.conftest import bert_embedder, make_corpus
+from tests.conftest import bert_embedder, make_corpus, tiny_student_and_teacher
 
 
 @pytest.fixture(scope="module")
@@ -159,15 +159,6 @@ def test_a_stopped_run_resumes_from_its_checkpoint(checkpoint_dir, teacher_dir, 
     assert (tmp_path / "final" / "modules.json").is_file()
 
 
-def _tiny_student_and_teacher(checkpoint_dir, tmp_path):
-    from recipes.default_model import DefaultModelConfig, init_student
-
-    teacher = bert_embedder(checkpoint_dir, tmp_path / "teacher", hidden_size=32, num_hidden_layers=2, seed=3)
-    fresh = DefaultModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                               max_length=2048, student_init="pca")
-    return init_student(fresh, str(teacher), tmp_path / "student"), teacher
-
-
 def test_a_pack_gives_the_teacher_each_of_its_texts_alone(checkpoint_dir, tmp_path):
     """pack_tokens: texts joined by [SEP] into packs; unpack hands the teacher `[CLS] text [SEP]` for each, and
     the rows it pairs are the same token of the same text on both sides."""
@@ -178,7 +169,7 @@ def test_a_pack_gives_the_teacher_each_of_its_texts_alone(checkpoint_dir, tmp_pa
     from encoder import load_embedder
     from recipes.distill import LayerDistillLoss, pack_texts
 
-    student_dir, teacher = _tiny_student_and_teacher(checkpoint_dir, tmp_path)
+    student_dir, teacher = tiny_student_and_teacher(checkpoint_dir, tmp_path)
     student = load_embedder(student_dir, device="cpu", max_length=2048)
     texts = make_corpus(30, 29)
     packs = pack_texts(texts, student.tokenizer.sep_token, 600, random.Random(0))
@@ -215,7 +206,7 @@ def test_distillation_on_packs_lowers_the_packed_loss_of_held_out_packs(checkpoi
     from encoder import load_embedder
     from recipes.distill import LayerDistillLoss, pack_texts
 
-    student_dir, teacher = _tiny_student_and_teacher(checkpoint_dir, tmp_path)
+    student_dir, teacher = tiny_student_and_teacher(checkpoint_dir, tmp_path)
     bert = transformers.BertModel.from_pretrained(teacher).eval()
 
     def held_out_loss(model) -> float:
