@@ -442,7 +442,8 @@ def train_default_model(config: DefaultModelConfig) -> Path:
 
     if config.distill_pack_tokens and config.distill_loss != "layers":
         raise ValueError(f"distill_pack_tokens needs distill_loss layers, got {config.distill_loss!r}")
-    teacher = teacher_path(config)
+    # (a start_model run without packs needs no teacher: the test install has none)
+    teacher = teacher_path(config) if not config.start_model or config.contrastive_pack_tokens else ""
     texts = distillation_texts(pairs, raw)
     # (a start_model run without packs draws its pairs as it did before packs existed)
     if not config.start_model or config.contrastive_pack_tokens:
