@@ -442,11 +442,12 @@ def train_default_model(config: DefaultModelConfig) -> Path:
 
     if config.distill_pack_tokens and config.distill_loss != "layers":
         raise ValueError(f"distill_pack_tokens needs distill_loss layers, got {config.distill_loss!r}")
-    # (a start_model run without packs needs no teacher: the test install has none)
-    teacher = teacher_path(config) if not config.start_model or config.contrastive_pack_tokens else ""
-    texts = distillation_texts(pairs, raw)
-    # (a start_model run without packs draws its pairs as it did before packs existed)
+    # the teacher and its texts: a start_model run without packs needs neither (the test install has no teacher),
+    # and draws its pairs as it did before packs existed
+    teacher, texts = "", []
     if not config.start_model or config.contrastive_pack_tokens:
+        teacher = teacher_path(config)
+        texts = distillation_texts(pairs, raw)
         rng.shuffle(texts)  # the layers loss reads a fraction of an epoch on a CPU: a mix of every source
     if config.start_model:
         start = config.start_model
