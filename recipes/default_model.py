@@ -99,6 +99,9 @@ class DefaultModelConfig(RecipeConfig):
                                              "(recipes/contrastive.py pack_tokens): the pairs alone pull a long "
                                              "document towards its opening again. 0: pairs only.")
     contrastive_pack_share: float = option(0.25, "contrastive_pack_tokens: the share of contrastive steps on packs.")
+    contrastive_short_pairs: int = option(-1, "Short pairs in the contrastive mix: -1 all, else a sample of this "
+                                              "many; fewer short pairs give the stage's compute to its long "
+                                              "documents (0: long documents only, e.g. from a start_model).")
     long_wikipedia: int = option(3000, "Long Wikipedia documents (an article among others) in the pairs.")
     known_items: int = option(0, "Known-item pairs in the contrastive mix: a rare name from inside a Wikipedia "
                                  "article (once in it, in no other article, not in its title), or the sentence "
@@ -107,6 +110,9 @@ class DefaultModelConfig(RecipeConfig):
                                            "swapped for another article's: 'swap' in place, 'moved' or 'opening' "
                                            "with the sentence holding it moved (see known_item_pairs). These triplets "
                                            "train as their own dataset of the mix. '': none.")
+    known_item_long: bool = option(False, "Each known-item article (and its negative) sits at a random place among "
+                                          "other articles, 1k tokens to max_length in all, as a long pair's does: two "
+                                          "long documents told apart by one name, as passkey asks.")
     start_model: str = option("", "Skip the student and its distillation: the contrastive stage continues training "
                                   "this model (sentence-transformers folder, e.g. an earlier version's).")
     dataloader_workers: int = option(-1, "Processes that tokenize batches; -1: min(8, CPUs - 1). Measured on an "
@@ -283,7 +289,7 @@ def long_pairs(pairs: list[dict], man: list[dict], count: int, max_length: int,
 
 
 def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random.Random,
-                     negatives: str = "") -> list[dict]:
+                     negatives: str = "", among_others: bool = False) -> list[dict]:
     """Known-item searches: a name from inside a Wikipedia article, or the sentence that holds it (one
     query in two), -> the article, cut to max_length. The name occurs once in the article, shares no
     word with its title and holds a word that no other article has, so neither the title nor the
@@ -300,7 +306,11 @@ def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random
     place, then moves the sentence to the very start of the text (before the title), independently in
     the positive and in the negative, each one time in two: where a text opens says nothing of which is
     the answer, and in a quarter of the triplets only the negative opens with the sentence (v6, 'moved',
-    still ranked the passkey documents that open with their key sentence first for most queries)."""
+    still ranked the passkey documents that open with their key sentence first for most queries).
+
+    With `among_others`, the article (and its negative, with the same articles around it) sits among
+    other articles, as in `long_pairs`: at 8192 tokens a name is a few tokens of thousands, and two
+    documents that differ in it alone are what the passkey task holds."""
     if negatives not in ("", "swap", "moved", "opening"):
         raise ValueError(f"known-item negatives {negatives!r}: expected '', 'swap', 'moved' or 'opening'")
     if not count:
@@ -353,8 +363,30 @@ def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random
                 if rng.random() < 0.5:
                     swapped = _opening(swapped, start, swapped_end)
             pair["negative"] = swapped
+        if among_others:
+            before, after = _among_others(texts, title, len(text), max_length, rng)
+            pair = {key: value if key == "query" else before + value + after for key, value in pair.items()}
         result.append(pair)
     return result
+
+
+def _among_others(texts: dict[str, str], title: str, size: int, max_length: int,
+                  rng: random.Random) -> tuple[str, str]:
+    """Other articles to put before and after the article `title` of `size` characters, 1k tokens to
+    max_length in all: the article at a random place among them, the text around it cut to the length."""
+    budget = int(rng.randint(1024, max_length) / TOKENS_PER_CHAR)
+    room = max(budget - size, 0)  # characters for the other articles
+    titles, others, drawn = sorted(texts), [], 0
+    while drawn < room:
+        other = rng.choice(titles)
+        if other != title:
+            others.append(texts[other])
+            drawn += len(texts[other]) + 2
+    cut = rng.randint(0, len(others))
+    before = "".join(other + "\n\n" for other in others[:cut])
+    before = before[max(len(before) - room, 0):]
+    after = "".join("\n\n" + other for other in others[cut:])
+    return before, after[: room - len(before)]
 
 
 def _sentence_out(text: str, start: int, end: int) -> tuple[str, str]:
@@ -482,11 +514,14 @@ def train_default_model(config: DefaultModelConfig) -> Path:
         console.print(f"packed distillation: {summary['distill_packs']}")
 
     started = time.perf_counter()
-    train_pairs = [{"query": p["query"], "positive": p["positive"]} for p in pairs]
+    short = pairs if config.contrastive_short_pairs < 0 else rng.sample(pairs, min(config.contrastive_short_pairs,
+                                                                                 len(pairs)))
+    train_pairs = [{"query": p["query"], "positive": p["positive"]} for p in short]
     train_pairs += long_pairs(pairs, man, config.long_wikipedia if not config.max_texts else 10,
                               config.max_length, rng)
     known = known_item_pairs(pairs, config.known_items if not config.max_texts else min(config.known_items, 10),
-                             config.max_length, rng, negatives=config.known_item_negatives)
+                             config.max_length, rng, negatives=config.known_item_negatives,
+                             among_others=config.known_item_long)
     train_pairs += known
     rng.shuffle(train_pairs)
     keys, clock = stage_arguments(config.contrastive_seconds, config.contrastive_steps, config.contrastive_lr)
@@ -504,8 +539,8 @@ def train_default_model(config: DefaultModelConfig) -> Path:
         model = load_embedder(Path(contrastive.output_dir) / "final")
     else:
         model = train_contrastive(contrastive, train_pairs, callbacks=[clock], texts=texts)
-    summary["contrastive"] = {"pairs": len(train_pairs), "known_items": len(known), "steps": clock.steps,
-                              "seconds": round(time.perf_counter() - started, 1)}
+    summary["contrastive"] = {"pairs": len(train_pairs), "short_pairs": len(short), "known_items": len(known),
+                              "steps": clock.steps, "seconds": round(time.perf_counter() - started, 1)}
     console.print(f"contrastive: {summary['contrastive']}")
     return ship(model, config, summary)
 

@@ -83,20 +83,29 @@ def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path, student_
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
-def test_known_item_negatives_differ_from_their_article_in_the_name_alone(tmp_path):
+@pytest.mark.parametrize("among_others", [False, True])
+def test_known_item_negatives_differ_from_their_article_in_the_name_alone(tmp_path, among_others):
     import random
 
-    from recipes.default_model import known_item_pairs
+    from recipes.default_model import TOKENS_PER_CHAR, known_item_pairs, wikipedia_articles
 
     pairs, _, _ = default_data.load(_bundle(tmp_path / "data"))
-    known = known_item_pairs(pairs, 100, 1024, random.Random(0), negatives="swap")
+    known = known_item_pairs(pairs, 100, 1024, random.Random(0), negatives="swap", among_others=among_others)
     names = {f"Zorva{letter}th" for letter in "abcde"}
+    articles = wikipedia_articles(pairs)[1].values()
     assert len(known) == 5
+    places = []
     for row in known:
-        (name,) = [n for n in names if n in row["positive"]]
-        (swapped,) = [n for n in names if n in row["negative"]]
-        assert name in row["query"] and swapped != name
-        assert row["negative"] == row["positive"].replace(name, swapped)
+        (name,) = [n for n in names if n in row["query"]]  # the articles around it hold their own names
+        assert row["positive"].count(name) == 1
+        assert row["negative"] in {row["positive"].replace(name, other) for other in names - {name}}
+        (article,) = [a[:int(1024 / TOKENS_PER_CHAR)] for a in articles if name in a]
+        if among_others:  # the whole article among others (toy articles are about 300 tokens), 1024 tokens in all
+            assert article in row["positive"] and len(row["positive"]) == int(1024 / TOKENS_PER_CHAR)
+            places.append(row["positive"].index(article))
+        else:
+            assert row["positive"] == article
+    assert not places or len(set(places)) > 1, f"the article sits at a random place, not always at {places}"
     assert known_item_pairs(pairs[:44], 100, 1024, random.Random(0), negatives="swap") == [], \
         "one article has no other article's name to swap in"
 
@@ -172,3 +181,20 @@ def test_recipe_continues_a_shipped_model_with_known_items(st_model_dir, tmp_pat
     assert summary["contrastive"]["pairs"] == 60 + 10 + 5 + 5 and summary["contrastive"]["steps"] == 2
     modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((final / "modules.json").read_text())]
     assert modules == ["Transformer", "Pooling", "Normalize"], "the start model's Normalize, not a second one"
+
+
+@pytest.mark.parametrize("short_pairs", [0, 7])
+def test_recipe_can_give_the_contrastive_stage_to_long_documents(st_model_dir, tmp_path, short_pairs):
+    """contrastive_short_pairs: a sample of the short pairs (0: none) beside every long pair."""
+    final = tmp_path / "final"
+    keys = dict(data_dir=_bundle(tmp_path / "data"), output_dir=tmp_path / "run", final_dir=final,
+                start_model=st_model_dir, contrastive_short_pairs=short_pairs, max_length=1024, contrastive_steps=2,
+                contrastive_batch_size=4, dataloader_workers=1, max_texts=1000)
+    run = subprocess.run([sys.executable, "-c", RUN_WITHOUT_FAISS, "--set", *(f"{k}={v}" for k, v in keys.items())],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    contrastive = json.loads((final / "training_summary.json").read_text())["contrastive"]
+    # the first 10 manual pages (max_texts mode) and one long pair per article stay whatever the sample
+    assert contrastive["short_pairs"] == short_pairs and contrastive["pairs"] == short_pairs + 10 + 5
+    assert contrastive["steps"] == 2
