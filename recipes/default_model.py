@@ -364,18 +364,17 @@ def known_item_pairs(pairs: list[dict], count: int, max_length: int, rng: random
                     swapped = _opening(swapped, start, swapped_end)
             pair["negative"] = swapped
         if among_others:
-            before, after = _among_others(texts, title, len(text), max_length, rng)
+            before, after = _among_others(texts, title, max_length, rng)
             pair = {key: value if key == "query" else before + value + after for key, value in pair.items()}
         result.append(pair)
     return result
 
 
-def _among_others(texts: dict[str, str], title: str, size: int, max_length: int,
-                  rng: random.Random) -> tuple[str, str]:
-    """Other articles to put before and after the article `title` of `size` characters, 1k tokens to
-    max_length in all: the article at a random place among them, the text around it cut to the length."""
+def _among_others(texts: dict[str, str], title: str, max_length: int, rng: random.Random) -> tuple[str, str]:
+    """Other articles to put before and after the article `title`, 1k tokens to max_length in all: the
+    article at a random place among them, the text around it cut to the length."""
     budget = int(rng.randint(1024, max_length) / TOKENS_PER_CHAR)
-    room = max(budget - size, 0)  # characters for the other articles
+    room = max(budget - len(texts[title]), 0)  # characters for the other articles
     titles, others, drawn = sorted(texts), [], 0
     while drawn < room:
         other = rng.choice(titles)
