@@ -73,6 +73,8 @@ class DefaultModelConfig(RecipeConfig):
     distill_steps: int = option(0, "Distillation steps; 0: run for distill_seconds.")
     distill_batch_size: int = option(256, "Texts per distillation step.")
     distill_lr: float = option(1e-3, "Peak distillation learning rate.")
+    distill_texts: int = option(0, "Distillation texts: a shuffled sample of this many (0: all); the loss both "
+                                   "embeds each with the teacher before the first step.")
     distill_loss: str = option("both", "recipes/distill.py's loss: both (the teacher's cached embeddings and their "
                                        "similarities) or layers (the teacher run beside a warm-started student, "
                                        "matched layer by layer).")
@@ -480,6 +482,7 @@ def train_default_model(config: DefaultModelConfig) -> Path:
         teacher = teacher_path(config)
         texts = distillation_texts(pairs, raw)
         rng.shuffle(texts)  # the layers loss reads a fraction of an epoch on a CPU: a mix of every source
+        texts = texts[: config.distill_texts or None]
     if config.start_model:
         start = config.start_model
         summary["distill"] = {"skipped": f"the contrastive stage starts from {start}"}

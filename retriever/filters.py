@@ -70,6 +70,9 @@ def parse_cli(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--where {item!r}: expected FIELD=VALUE, FIELD!=VALUE, FIELD>=VALUE (or >, <, <=) "
                              "or FIELD=[A,B]")
         field, operator, text = match.groups()
+        if text[:1] in ("=", "!", "<", ">"):  # year=>2020, year==2020: a misspelt operator, not a value
+            raise ValueError(f"--where {item!r}: unknown operator {operator + text[0]!r}; operators are "
+                             "=, !=, >=, <=, >, < (and FIELD=[A,B] for in)")
         if text.startswith("[") and text.endswith("]") and operator in ("=", "!="):
             operator, value = ("in" if operator == "=" else "not in"), [_scalar(v) for v in text[1:-1].split(",")]
         else:

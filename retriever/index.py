@@ -526,10 +526,12 @@ class Retriever:
         sides = []  # per side, per query: {doc id: (best chunk id, its score)}, best first
         if mode != "lexical":
             query_vectors = self.model.encode_queries(list(queries), self.batch_tokens)
-            sides.append(self._dense_rankings(segments, tombstones, query_vectors, dense_depth, allowed))
+            dense = self._best_documents(search_dense, segments, tombstones, query_vectors, dense_depth * 4,
+                                         dense_depth, allowed)
+            sides.append([dict(list(docs.items())[:dense_depth]) for docs in dense])
         if mode != "dense":
-            sides.append([_best_per_doc(self._doc_ids(hits)) for hits in
-                          self._lexical_search(segments, tombstones, list(queries), lexical_depth, allowed)])
+            sides.append(self._best_documents(search_lexical, segments, tombstones, tokenize(list(queries)),
+                                              lexical_depth, k, allowed))
         results = []
         for per_side in zip(*sides):
             best_chunk = {doc: chunk for side in reversed(per_side) for doc, (chunk, _) in side.items()}
@@ -558,21 +560,17 @@ class Retriever:
                 self._filtered[key] = self.store.chunk_ids_where(conditions)
             return self._filtered[key]
 
-    def _dense_rankings(self, segments: list[Segment], tombstones: np.ndarray, query_vectors: np.ndarray, k: int,
-                        allowed: np.ndarray | None = None) -> list[dict[str, tuple[int, float]]]:
-        """Per query: {doc id: (best chunk id, its score)} for the k best documents, best first."""
-        fetch = k * 4
-        searchable = self.manifest.chunks if allowed is None else len(allowed)
+    def _best_documents(self, search, segments: list[Segment], tombstones: np.ndarray, queries, fetch: int,
+                        k: int, allowed: np.ndarray | None) -> list[dict[str, tuple[int, float]]]:
+        """Per query: {doc id: (best chunk id, its score)}, best first, from `search`'s `fetch` best chunks,
+        fetched 4x deeper while a query has fewer than k documents and its search did not run dry (fewer
+        chunks than asked): one document's many chunks, or a filter, leave fewer documents than chunks."""
         while True:
-            per_query = [_best_per_doc(self._doc_ids(hits)) for hits in
-                         self._over_segments(search_dense, segments, tombstones, query_vectors, fetch, allowed)]
-            if fetch >= searchable or all(len(docs) >= k for docs in per_query):
-                return [dict(list(docs.items())[:k]) for docs in per_query]
+            hits = self._over_segments(search, segments, tombstones, queries, fetch, allowed)
+            per_query = [_best_per_doc(self._doc_ids(chunks)) for chunks in hits]
+            if all(len(docs) >= k or len(chunks) < fetch for docs, chunks in zip(per_query, hits)):
+                return per_query
             fetch *= 4
-
-    def _lexical_search(self, segments: list[Segment], tombstones: np.ndarray, queries: list[str], k: int,
-                        allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
-        return self._over_segments(search_lexical, segments, tombstones, tokenize(queries), k, allowed)
 
     def _over_segments(self, search, segments: list[Segment], tombstones: np.ndarray, *args):
         """search(segments, *args, tombstones); a merge that retired one of them since this search began

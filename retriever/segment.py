@@ -193,8 +193,9 @@ def search_dense(segments: list[Segment], queries: np.ndarray, k: int, allowed: 
                  tombstones: np.ndarray) -> list[list[tuple[int, float]]]:
     """[(chunk id, score)] per query, the k best over all segments, best first."""
     scores, ids = [], []
+    share = 1.0 if allowed is None else len(allowed) / max(sum(s.vectors.ntotal for s in segments), 1)
     for segment in segments:
-        s, i = segment.vectors.search(queries, k, allowed, excluded=tombstones)
+        s, i = segment.vectors.search(queries, k, allowed, excluded=tombstones, allowed_share=share)
         scores.append(s)
         ids.append(i)
     if not scores:

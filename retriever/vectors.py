@@ -36,6 +36,10 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 16
+# A filter leaves an approximate index few of its vectors to find (RAG apps filter to a team or a
+# source): below this share of the collection HNSW scores the admitted vectors exactly, and IVF
+# probes IVF_NPROBE / share lists (all of them at a small share), so no admitted chunk is missed.
+FILTER_SCAN_SHARE = 0.1
 # an ivfpq segment's inverted lists stay in its file, read-only, paged in by the searches that touch them
 _IVF_READ_FLAGS = faiss.IO_FLAG_MMAP
 # A few queries search on one thread: on a small CPU, OpenMP threads spinning next to torch's cost
@@ -222,14 +226,17 @@ class VectorIndex:
         self._configure()
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
-               excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               excluded: np.ndarray | None = None, allowed_share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each [queries, k'] with k' = min(k, vectors); missing slots have id -1.
         `allowed`: only these ids are searched, or else `excluded` (tombstones; an `allowed` holds
-        live ids only): these ids are not. Applied inside the search (an IDSelector), not after it."""
+        live ids only): these ids are not. Applied inside the search (an IDSelector), not after it.
+        `allowed_share`: the share of the collection `allowed` admits (see FILTER_SCAN_SHARE)."""
         k = min(k, self.ntotal if allowed is None else len(allowed))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is not None and self.kind == "hnsw" and allowed_share < FILTER_SCAN_SHARE:
+            return self._scan(queries, k, allowed)
         # the selectors are held here until the search returns: faiss keeps only pointers to them
         selectors = []
         if allowed is not None:
@@ -237,7 +244,7 @@ class VectorIndex:
         elif excluded is not None and len(excluded):
             selectors.append(faiss.IDSelectorBatch(np.asarray(excluded, dtype=np.int64)))
             selectors.append(faiss.IDSelectorNot(selectors[0]))
-        params = self._search_parameters(selectors[-1]) if selectors else None
+        params = self._search_parameters(selectors[-1], k, allowed_share) if selectors else None
         if len(queries) >= _PARALLEL_QUERIES:
             return self.index.search(queries, k, params=params)
         threads = faiss.omp_get_max_threads()  # torch shares this OpenMP setting: put it back after
@@ -247,14 +254,31 @@ class VectorIndex:
         finally:
             faiss.omp_set_num_threads(threads)
 
-    def _search_parameters(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
-        """The inner index's own kind of parameters (HNSW and IVF refuse others), with the selector."""
+    def _search_parameters(self, selector: faiss.IDSelector, k: int, allowed_share: float) -> faiss.SearchParameters:
+        """The inner index's own kind of parameters (HNSW and IVF refuse others), with the selector, searching
+        as deep for k admitted results as an unfiltered search does for k results."""
         inner = _inner(self.index)
         if isinstance(inner, faiss.IndexHNSW):
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
+            depth = math.ceil(max(inner.hnsw.efSearch, k) / allowed_share)
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=depth)
         if isinstance(inner, faiss.IndexIVF):
-            return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
+            nprobe = inner.nlist if allowed_share < FILTER_SCAN_SHARE else math.ceil(inner.nprobe / allowed_share)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=min(nprobe, inner.nlist))
         return faiss.SearchParameters(sel=selector)
+
+    def _scan(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """search() over the `allowed` vectors alone, exactly: their scores from the stored vectors."""
+        index = _cpu(self.index)
+        ids = faiss.vector_to_array(index.id_map)
+        rows = np.flatnonzero(np.isin(ids, allowed))
+        scores = queries @ _inner(index).reconstruct_batch(rows).T if len(rows) else np.zeros((len(queries), 0))
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        width = top.shape[1]
+        found_scores = np.full((len(queries), k), -np.inf, np.float32)
+        found_ids = np.full((len(queries), k), -1, np.int64)
+        found_scores[:, :width] = np.take_along_axis(scores, top, axis=1)
+        found_ids[:, :width] = ids[rows[top]]
+        return found_scores, found_ids
 
 
 def stored_bytes(kind: str, dimension: int) -> int:

@@ -57,6 +57,8 @@ def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path, student_
                 distill_steps=2, distill_batch_size=16, contrastive_steps=2, contrastive_batch_size=8,
                 dataloader_workers=1, max_texts=1000, student_init=student_init, distill_loss=distill_loss,
                 teacher_layers="[0,1,1]" if student_init == "teacher" else "[]")
+    if distill_loss == "both":  # a sample of the distillation texts
+        keys.update(distill_texts=40)
     if distill_loss == "layers":  # packed distillation, and packs beside the contrastive pairs
         keys.update(distill_pack_tokens=512, distill_pack_steps=2, distill_pack_batch_size=4,
                     contrastive_pack_tokens=512, contrastive_pack_share=0.5)
@@ -66,6 +68,7 @@ def test_recipe_runs_end_to_end_without_faiss(checkpoint_dir, tmp_path, student_
 
     summary = json.loads((final / "training_summary.json").read_text())
     assert summary["distill"]["steps"] == 2 and summary["contrastive"]["steps"] == 2
+    assert (summary["distill"]["texts"] == 40) == (distill_loss == "both")
     assert summary.get("distill_packs", {}).get("steps") == (2 if distill_loss == "layers" else None)
     # all short pairs, the first 10 manual pages (max_texts mode), one long pair per article
     assert summary["contrastive"]["pairs"] == 60 + 10 + 5

@@ -65,3 +65,6 @@ def test_command_line_syntax():
     assert parse_cli(["code=007"]) == {"code": {"=": "007"}}  # not JSON: a string
     with pytest.raises(ValueError, match="--where 'team': expected FIELD=VALUE"):
         parse_cli(["team"])
+    for item, operator in (("year=>2020", "'=>'"), ("year==2020", "'=='"), ("year<>2020", "'<>'"), ("a!=!b", "'!=!'")):
+        with pytest.raises(ValueError, match=f"--where '{item}': unknown operator {operator}"):
+            parse_cli([item])

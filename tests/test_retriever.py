@@ -24,10 +24,11 @@ from typer.testing import CliRunner
 from encoder import load_embedder
 from retriever import Retriever
 from retriever.cli import app
-from retriever.documents import html_text, read_corpus
+from retriever.documents import Document, html_text, read_corpus
 from retriever.embedding import Chunking, PassageEncoder
 from retriever.errors import IndexLockedError, IndexMismatchError
 from retriever.fusion import DEFAULT_FUSION, Fusion
+from retriever.segment import search_dense
 from tests.conftest import WORDS, make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,11 +210,60 @@ def test_metadata_filters_apply_inside_every_search_mode(model_dir, tmp_path):
         hits = index.search(TEXTS[4], k=10, mode=mode, where={"team": {"in": ["dev", "qa"]}, "year": {"<": 2010}})
         assert {h.id for h in hits} == {"d1", "d2", "d4", "d5", "d7", "d8"} and hits[0].id == "d4"
     assert index.search(TEXTS[1], where={"team": "nobody"}) == []
+    # every operator, and `source` as a path prefix, in every mode: exactly the documents that match
+    other = Retriever.create(tmp_path / "sources", model_dir)
+    other.add([Document(id=f"d{i}", text=t, source=str(tmp_path / ("ops" if i < 5 else "dev") / f"{i}.txt"),
+                        metadata={"team": ["ops", "dev", "qa"][i % 3], "year": 2000 + i}) for i, t in enumerate(TEXTS)])
+    cases = [({"year": {">": 2026}}, lambda i: i > 26), ({"year": {"<=": 2002}}, lambda i: i <= 2),
+             ({"team": {"!=": "ops"}, "year": {"<": 2006}}, lambda i: i % 3 and i < 6),
+             ({"team": {"not in": ["ops", "dev"]}, "year": {">=": 2020}}, lambda i: i % 3 == 2 and i >= 20),
+             ({"source": str(tmp_path / "ops")}, lambda i: i < 5),
+             ({"source": {"prefix": str(tmp_path / "dev")}, "year": {"<": 2008}}, lambda i: 5 <= i < 8)]
+    for where, admits in cases:
+        expected = {f"d{i}" for i in range(len(TEXTS)) if admits(i)}
+        for mode in ("dense", "lexical", "hybrid"):
+            hits = other.search(TEXTS[3], k=len(expected), mode=mode, where=where)
+            assert {h.id for h in hits} == expected, (where, mode)
     assert [h.id for h in index.search(TEXTS[1], k=3, where={})] == [h.id for h in index.search(TEXTS[1], k=3)]
     with pytest.raises(ValueError, match="no document has a metadata field 'tem'"):
         index.search(TEXTS[1], where={"tem": "ops"})
     with pytest.raises(ValueError, match="unknown operator"):
         index.search(TEXTS[1], where={"year": {"=>": 2001}})
+
+
+def test_lexical_search_returns_k_documents_when_one_document_holds_the_best_chunks(model_dir, tmp_path):
+    index = Retriever.create(tmp_path / "idx", model_dir, max_length=32, chunking=Chunking(overlap=0))
+    many = " ".join(f"zebra zebra {word}" for word in WORDS[:60])  # many chunks, each with zebra more often
+    index.add([{"id": "many", "text": many},
+               *({"id": f"d{i}", "text": f"zebra {WORDS[10 + i]} {WORDS[20 + i]}"} for i in range(3))])
+    assert len(index.store.chunk_ids(["many"])) > 4 * 4  # more zebra chunks than k=4 asks for at first
+    assert [h.id for h in index.search("zebra", k=1, mode="lexical")] == ["many"]
+    for mode in ("lexical", "hybrid"):
+        hits = index.search("zebra", k=4, mode=mode)
+        assert {h.id for h in hits} == {"many", "d0", "d1", "d2"}
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivfpq"])
+def test_a_filter_finds_its_documents_in_an_approximate_index(model_dir, tmp_path, index_type):
+    from retriever.vectors import IVFPQ_MIN_TRAIN
+
+    index = Retriever.create(tmp_path / "idx", model_dir, index_type=index_type)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((IVFPQ_MIN_TRAIN, 8)) @ rng.standard_normal((8, index.manifest.dimension))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    rare = [i for i in range(len(vectors)) if i % 500 == 7]  # 20 documents: 0.2% of the index
+    index.add_embedded([{"id": f"v{i}", "text": f"vector {i}", "team": "rare" if i in rare else "common"}
+                        for i in range(len(vectors))], vectors)
+    assert [s.info.kind for s in index.segments] == [index_type]
+    query = "what is in vector seven"
+    exact = vectors[rare] @ index.model.encode_queries([query])[0]
+    best = [f"v{rare[i]}" for i in np.argsort(-exact)]
+    for mode in ("dense", "hybrid"):
+        hits = index.search(query, k=10, mode=mode, where={"team": "rare"})
+        assert len(hits) == 10 and {h.id for h in hits} <= set(best)
+        assert {h.id for h in index.search(query, k=30, mode=mode, where={"team": "rare"})} == set(best)
+    if index_type == "hnsw":  # below FILTER_SCAN_SHARE of the index, its admitted vectors are scored exactly
+        assert [h.id for h in index.search(query, k=10, mode="dense", where={"team": "rare"})] == best[:10]
 
 
 def test_commit_every_commits_batches_and_reports_the_whole(model_dir, tmp_path):
@@ -290,12 +340,19 @@ def test_an_ivfpq_index_is_flat_until_it_trains_on_all_its_chunks(model_dir, tmp
     assert [(s.info.kind, s.info.chunks) for s in index.segments] == [("ivfpq", IVFPQ_MIN_TRAIN + len(TEXTS))]
     reopened = Retriever.open(tmp_path / "idx")
     assert reopened.search(TEXTS[4], mode="dense")[0].id == "4"
-    hits = reopened._dense_rankings(reopened.segments, reopened._tombstones, vectors[:20], 10)
+    hits = reopened._best_documents(search_dense, reopened.segments, reopened._tombstones, vectors[:20], 40, 10, None)
     assert np.mean([f"v{i}" in hits[i] for i in range(20)]) >= 0.9
     # later segments share its training, and merge with it code by code
     reopened.add([{"id": "late", "text": TEXTS[5] + " again"}])
     assert [s.info.kind for s in reopened.segments] == ["ivfpq", "ivfpq"]
     assert reopened.search(TEXTS[5] + " again", mode="dense")[0].id in ("late", "5")
+    # a removed document's codes stay in its segment, tombstoned, and the search's selector skips them
+    found = next(i for i in range(20) if f"v{i}" in hits[i])
+    reopened.remove([f"v{found}"])
+    assert len(reopened._tombstones) == 1 and reopened.segments[0].vectors.ntotal == IVFPQ_MIN_TRAIN + len(TEXTS)
+    again = reopened._best_documents(search_dense, reopened.segments, reopened._tombstones, vectors[[found]], 40, 10,
+                                     None)
+    assert f"v{found}" not in again[0] and len(again[0]) >= 10
 
 
 def test_ivfpq_on_enough_vectors():

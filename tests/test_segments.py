@@ -332,6 +332,19 @@ def test_memory_benchmark_runs_retriever_index_and_the_writer_alone():
         assert 0 < row["writer_anon_mib"] < row["peak_rss_mib"] and row["seconds"] > 0 and row["writer_seconds"] > 0
 
 
+def test_crash_benchmark_kills_a_growing_index_and_checks_every_committed_document():
+    """A tiny shape of `python -m evals.bench crash`: two kill -9s of a growing `retriever index`, each
+    index checked after it (counts, and every document committed before the kill found), then the rest."""
+    result = subprocess.run([sys.executable, "-m", "evals.bench", "crash", "--documents", "3000", "--kills", "2",
+                             "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["kills"]) == 2 and report["all_ok"], report
+    assert report["final"]["documents"] == 3000 and report["final"]["committed_found"]
+    for kill in report["kills"]:
+        assert kill["documents"] >= kill["committed_before"] and kill["kept_committed"] and kill["committed_found"]
+
+
 def test_ondisk_benchmark_searches_a_mapped_index_as_the_in_memory_one(tmp_path):
     """A tiny shape of `python -m evals.bench ondisk`: segments built, searched memory-mapped (under a
     cgroup limit where one can be made) and read whole, with the same ids both ways."""

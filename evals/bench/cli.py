@@ -196,7 +196,8 @@ def retriever_command(
         return
     table = Table(title=f"retriever, model {model}, cpu ({report['environment']['threads']} threads)")
     for column in ("case", "write/index docs/s", "encoder docs/s", "index/encoder", "encoder share",
-                   "warm p50 ms", "p99 ms", "dense p50 ms", "1% filter p50 ms", "query encode ms", "cold CLI s",
+                   "warm p50 ms", "p99 ms", "dense p50 ms", "p99 ms", "1% filter p50 ms", "p99 ms", "query encode ms",
+                   "cold CLI s",
                    "add 1 doc s", "remove 1 s", "add 1 / full write"):
         table.add_column(column, justify="right")
     for r in report["results"]:
@@ -205,8 +206,8 @@ def retriever_command(
             f"{r['encoder_docs_per_s']:,.1f}" if "encoder_docs_per_s" in r else "",
             f"{r['index_vs_encoder']:.0%}" if "index_vs_encoder" in r else "",
             f"{r['encoder_share_of_index_time']:.0%}" if "encoder_share_of_index_time" in r else "",
-            f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['dense_p50_ms']:.1f}",
-            f"{r['filtered_p50_ms']:.1f}" if "filtered_p50_ms" in r else "",
+            f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['dense_p50_ms']:.1f}", f"{r['dense_p99_ms']:.1f}",
+            *(f"{r[key]:.1f}" if key in r else "" for key in ("filtered_p50_ms", "filtered_p99_ms")),
             f"{r['query_encode_p50_ms']:.1f}" if "query_encode_p50_ms" in r else "",
             f"{r['cold_cli_median_s']:.2f}" if "cold_cli_median_s" in r else "",
             f"{r['add_one_median_s']:.3f}" if "add_one_median_s" in r else "",
@@ -240,13 +241,14 @@ def writes_command(
         return
     table = Table(title=f"writes, model {model}, {index_type} index, texts: {report['texts']}")
     for column in ("chunks", "build s", "add 1 doc s", "remove 1 s", "add 1,000 s", "segments", "warm p50 ms",
-                   "p99 ms", "dense p50 ms", "1% filter p50 ms"):
+                   "p99 ms", "dense p50 ms", "p99 ms", "1% filter p50 ms", "p99 ms"):
         table.add_column(column, justify="right")
     for r in report["results"]:
         table.add_row(f"{r['chunks']:,}", f"{r['build_seconds']:.1f}", f"{r['add_one_median_s']:.3f}",
                       f"{r['remove_one_median_s']:.3f}", f"{r['add_1000_s']:.3f}", str(r["segments_after"]),
                       *(f"{r[key]:.1f}" if key in r else "" for key in ("p50_ms", "p99_ms", "dense_p50_ms",
-                                                                         "filtered_p50_ms")))
+                                                                         "dense_p99_ms", "filtered_p50_ms",
+                                                                         "filtered_p99_ms")))
     Console(width=160).print(table)
     Console().print(f"a 1-document write at the largest size / at the smallest: "
                     f"{report['add_one_largest_vs_smallest']:.2f}x (target <= 3x)")
@@ -295,11 +297,12 @@ def crash_command(
         print(json.dumps(report, indent=2))
         return
     table = Table(title=f"crash: {kills} kill -9 of retriever index over {documents:,} documents")
-    for column in ("kill", "after s", "documents", "counts agree", "kept committed", "sample found"):
+    for column in ("kill", "after s", "committed before", "documents", "counts agree", "kept committed",
+                   "committed found"):
         table.add_column(column, justify="right")
     for c in report["kills"]:
-        table.add_row(str(c["kill"]), f"{c['after_s']:.2f}", f"{c['documents']:,}", str(c["counts_agree"]),
-                      str(c["kept_committed"]), str(c["sample_found"]))
+        table.add_row(str(c["kill"]), f"{c['after_s']:.2f}", f"{c['committed_before']:,}", f"{c['documents']:,}",
+                      str(c["counts_agree"]), str(c["kept_committed"]), str(c["committed_found"]))
     Console().print(table)
     Console().print(f"final run: {report['final']['documents']:,} documents; all checks passed: {report['all_ok']}")
 
