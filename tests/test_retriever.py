@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -876,6 +877,18 @@ def test_ctrl_c_mid_index_leaves_the_index_as_it_was(model_dir, tmp_path):
     assert writer.returncode == 130 and "interrupted: what was committed stays in the index" in stderr
     assert not list(index.glob("segments/.building-*"))  # cleaned up on the way out
     assert Retriever.open(index).info()["documents"] == 5
+
+
+def test_index_progress_shows_documents_tokens_per_second_and_the_eta(model_dir, tmp_path):
+    (tmp_path / "docs").mkdir()
+    for i in range(7):
+        (tmp_path / "docs" / f"d{i}.txt").write_text(TEXTS[i])
+    result = subprocess.run([sys.executable, "-m", "retriever_command", "index", str(tmp_path / "docs"), "--index",
+                             str(tmp_path / "idx"), "--model", str(model_dir), "--commit-every", "2"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    # the bar's last state (rich on stderr): documents done of all, tokens/s, and the time remaining
+    assert re.search(r"embedding\s.*\s7/7 documents [\d,]+ tokens/s \d+:\d\d:\d\d", result.stderr), result.stderr
 
 
 def test_a_killed_index_run_keeps_its_commits_and_a_rerun_embeds_only_the_rest(model_dir, tmp_path):

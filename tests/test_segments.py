@@ -141,6 +141,25 @@ def test_a_write_adds_a_segment_and_ten_merge_into_one(st_model_dir, tmp_path):
     assert_counts_agree(tmp_path / "idx")
 
 
+def test_segments_with_tombstones_search_as_a_fresh_index_to_the_bit(st_model_dir, tmp_path):
+    """Flat dense search over several segments with live tombstones, before any merge: the same ids and the
+    same scores, exactly, as one fresh index of the documents left (the same vectors in both)."""
+    index = Retriever.create(tmp_path / "idx", st_model_dir)
+    texts = TEXTS[:12] + [TEXTS[20]]
+    vectors = {f"d{i}": v for i, v in enumerate(index.model.encode_documents(texts)[0])}
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(texts[:12])]
+    for part in (docs[:5], docs[5:9], docs[9:]):
+        index.add_embedded(part, np.stack([vectors[d["id"]] for d in part]))
+    index.remove(["d1", "d6"])
+    index.add_embedded([{"id": "d2", "text": TEXTS[20]}], vectors["d12"][None])  # replaced: a tombstone too
+    assert len(index.segments) == 4 and len(index._tombstones) == 3
+    left = [d for d in docs if d["id"] not in ("d1", "d2", "d6")] + [{"id": "d2", "text": TEXTS[20]}]
+    fresh = Retriever.create(tmp_path / "fresh", st_model_dir)
+    fresh.add_embedded(left, np.stack([vectors[d["id"]] if d["id"] != "d2" else vectors["d12"] for d in left]))
+    queries = TEXTS[:6] + [TEXTS[20]]
+    assert rankings(index, queries, "dense") == rankings(fresh, queries, "dense")
+
+
 def test_deletions_are_tombstones_until_a_merge_drops_them(st_model_dir, tmp_path):
     index = Retriever.create(tmp_path / "idx", st_model_dir)
     index.add([{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS[:10])])
