@@ -14,8 +14,9 @@ search at a million chunks, the memory of `retriever index`, and kill -9 at rand
 (3) crash: one growing `retriever index --commit-every 200` of short documents, killed (SIGKILL)
     at a random moment 20 times and rerun each time, then run to the end. After each kill: the
     index opens, manifest, store and segments count the same documents and chunks, it holds every
-    document the manifest had committed before the kill, and each of those is found by a lexical
-    search for the unique word it holds. At the end: every document once, each found.
+    document the manifest had committed before the kill, each with its chunks in live segments, and
+    `SEARCHED_AFTER_A_KILL` of them are found by a lexical search for the unique word each holds. At
+    the end: every document once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 from evals.bench.retriever import WORDS, small_write_seconds, warm_latency_ms
 
 BUILD_BATCH = 100_000
+SEARCHED_AFTER_A_KILL = 200  # committed documents searched for after each kill (every one is checked in the index)
 
 
 def sentences(scifact: Path | None, count: int, rng: np.random.Generator) -> tuple[list[str], str]:
@@ -163,10 +165,10 @@ def _committed(index: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def _check(index: Path, before: tuple[int, int]) -> dict:
+def _check(index: Path, before: tuple[int, int], rng: np.random.Generator) -> dict:
     """The index after a kill: it opens, its counts agree, and every document the manifest had committed
-    before the kill (`before`: its commit and document count) is there and found by a lexical search for
-    the unique word it holds."""
+    before the kill (`before`: its commit and document count) is there, its chunks in live segments,
+    and a sample of them is found by a lexical search for the unique word each holds."""
     from retriever import Retriever
 
     commit, committed = before
@@ -179,8 +181,13 @@ def _check(index: Path, before: tuple[int, int]) -> dict:
     # a growing run deletes nothing: what commit `commit` held is what was added by then
     kept = [row[0] for row in reader.store.db.execute(
         "SELECT id FROM documents WHERE added <= ? AND deleted IS NULL", (commit,))]
-    found = all(hits and hits[0].id == doc_id for doc_id, hits in
-                zip(kept, reader.search_batch([f"w{doc_id[1:]}" for doc_id in kept], k=1, mode="lexical")))
+    # each one searchable: its chunks in a live segment and not tombstoned, and a sample found by search
+    live = np.setdiff1d(np.concatenate([s.chunk_ids for s in reader.segments] or [np.zeros(0, np.int64)]),
+                        reader._tombstones)
+    searchable = bool(np.isin(reader.store.chunk_ids(kept), live).all())
+    sample = [kept[i] for i in rng.choice(len(kept), min(SEARCHED_AFTER_A_KILL, len(kept)), replace=False)]
+    found = searchable and all(hits and hits[0].id == doc_id for doc_id, hits in
+                               zip(sample, reader.search_batch([f"w{d[1:]}" for d in sample], k=1, mode="lexical")))
     reader.close()
     return {"documents": manifest.documents, "counts_agree": agree, "kept_committed": len(kept) == committed,
             "committed_found": found}
@@ -204,10 +211,10 @@ def crashes(documents: int, kills: int, status: Callable[[str], None]) -> dict:
             process.send_signal(signal.SIGKILL)
             process.wait()
             checks.append({"kill": kill + 1, "after_s": round(after, 2), "committed_before": before[1],
-                           **_check(index, before)})
+                           **_check(index, before, rng)})
         status("crash: the last run, to the end")
         subprocess.run(command, check=True, capture_output=True)
-        final = _check(index, _committed(index))
+        final = _check(index, _committed(index), rng)
     return {"documents": documents, "kills": checks, "final": final,
             "all_ok": all(c["counts_agree"] and c["kept_committed"] and c["committed_found"] for c in checks)
             and final["documents"] == documents and final["counts_agree"] and final["committed_found"]}
