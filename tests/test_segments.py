@@ -364,6 +364,25 @@ def test_crash_benchmark_kills_a_growing_index_and_checks_every_committed_docume
         assert kill["documents"] >= kill["committed_before"] and kill["kept_committed"] and kill["committed_found"]
 
 
+def test_lexical_benchmark_times_the_index_and_fts5(tmp_path):
+    """A tiny shape of `python -m evals.bench lexical`: one-document writes and searches of both, at one size."""
+    result = subprocess.run([sys.executable, "-m", "evals.bench", "lexical", "--sizes", "500", "--queries", "5",
+                             "--scifact", str(tmp_path / "absent"), "--json"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (row,) = report["results"]
+    assert row["documents"] == 500 and "quality" not in report
+    assert row["index_add_one_median_s"] > 0 and row["fts5_add_one_median_s"] > 0
+    assert 0 < row["index_p50_ms"] <= row["index_p99_ms"] and 0 < row["fts5_p50_ms"] <= row["fts5_p99_ms"]
+
+
+def test_fts5_query_quotes_each_word():
+    from evals.bench.lexical import fts5_query
+
+    assert fts5_query('What is "AND" (x-ray)?') == '"what" OR "is" OR "and" OR "x" OR "ray"'
+
+
 def test_ondisk_benchmark_searches_a_mapped_index_as_the_in_memory_one(tmp_path):
     """A tiny shape of `python -m evals.bench ondisk`: segments built, searched memory-mapped (under a
     cgroup limit where one can be made) and read whole, with the same ids both ways."""

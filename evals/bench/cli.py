@@ -280,6 +280,37 @@ def memory_command(
                     f"{results[-1]['writer_anon_mib'] / results[0]['writer_anon_mib']:.2f}x")
 
 
+@app.command("lexical")
+def lexical_command(
+    model: str = typer.Option("default", metavar="MODEL",
+                              help="Embedding model of the indexes: 'default' (shipped), a folder or a hub id."),
+    sizes: str = typer.Option("10000,100000", metavar="N,N,...", help="Documents, comma-separated."),
+    scifact: Path = typer.Option(SCIFACT, metavar="DIR",
+                                 help="BEIR SciFact folder: its quality, and its sentences as the texts."),
+    queries: int = typer.Option(200, metavar="N", help="Queries timed at each size."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """The index's BM25 (per segment, global statistics) against SQLite FTS5: SciFact nDCG@10, the cost of a
+    one-document write and search latency (see evals/bench/lexical.py)."""
+    from evals.bench.lexical import run
+
+    with console.status("") as status:
+        report = run([int(s) for s in sizes.split(",")], scifact, model, queries, status.update)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"lexical: the index's BM25 against SQLite FTS5, texts: {report['texts']}")
+    for column in ("documents", "index add 1 s", "FTS5 add 1 s", "index p50 ms", "p99 ms", "FTS5 p50 ms", "p99 ms"):
+        table.add_column(column, justify="right")
+    for r in report["results"]:
+        table.add_row(f"{r['documents']:,}", f"{r['index_add_one_median_s']:.4f}", f"{r['fts5_add_one_median_s']:.4f}",
+                      *(f"{r[key]:.1f}" for key in ("index_p50_ms", "index_p99_ms", "fts5_p50_ms", "fts5_p99_ms")))
+    Console().print(table)
+    if quality := report.get("quality"):
+        Console().print(f"SciFact test nDCG@10: the index's BM25 {quality['index_bm25_ndcg_at_10']:.4f}, "
+                        f"FTS5 {quality['fts5_ndcg_at_10']:.4f}")
+
+
 @app.command("crash")
 def crash_command(
     documents: int = typer.Option(40_000, metavar="N",
@@ -297,12 +328,12 @@ def crash_command(
         print(json.dumps(report, indent=2))
         return
     table = Table(title=f"crash: {kills} kill -9 of retriever index over {documents:,} documents")
-    for column in ("kill", "after s", "committed before", "documents", "counts agree", "kept committed",
+    for column in ("kill", "moment", "after s", "committed before", "documents", "counts agree", "kept committed",
                    "committed found"):
         table.add_column(column, justify="right")
     for c in report["kills"]:
-        table.add_row(str(c["kill"]), f"{c['after_s']:.2f}", f"{c['committed_before']:,}", f"{c['documents']:,}",
-                      str(c["counts_agree"]), str(c["kept_committed"]), str(c["committed_found"]))
+        table.add_row(str(c["kill"]), c["moment"], f"{c['after_s']:.2f}", f"{c['committed_before']:,}",
+                      f"{c['documents']:,}", str(c["counts_agree"]), str(c["kept_committed"]), str(c["committed_found"]))
     Console().print(table)
     Console().print(f"final run: {report['final']['documents']:,} documents; all checks passed: {report['all_ok']}")
 

@@ -12,7 +12,9 @@ search at a million chunks, the memory of `retriever index`, and kill -9 at rand
     200k short documents in a JSONL file: it must not grow with the corpus. And the writer alone
     (`writer_alone`: the forward replaced by random vectors), its peak anonymous memory.
 (3) crash: one growing `retriever index --commit-every 200` of short documents, killed (SIGKILL)
-    at a random moment 20 times and rerun each time, then run to the end. After each kill: the
+    at a random moment 20 times and rerun each time, then run to the end: one kill in four up to 8 s
+    from the process's start, the others up to 3 s after its first commit (mid-write: embedding,
+    a segment being built, the store, the manifest, a merge). After each kill: the
     index opens, manifest, store and segments count the same documents and chunks, it holds every
     document the manifest had committed before the kill, each with its chunks in live segments, and
     `SEARCHED_AFTER_A_KILL` of them are found by a lexical search for the unique word each holds. At
@@ -202,16 +204,22 @@ def crashes(documents: int, kills: int, status: Callable[[str], None]) -> dict:
         checks = []
         for kill in range(kills):
             status(f"crash: run {kill + 1} of {kills}")
+            started, before = _committed(index), _committed(index)
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            after, before = float(rng.uniform(1.0, 8.0)), (0, 0)
-            deadline = time.monotonic() + after
-            while time.monotonic() < deadline and process.poll() is None:
+            # one kill in four at a moment counted from the start (loading, reading, diffing, the first
+            # commit); the others a moment into the run's writes, counted from its first commit
+            from_start = kill % 4 == 0
+            after = float(rng.uniform(0.5, 8.0) if from_start else rng.uniform(0.0, 3.0))
+            deadline = time.monotonic() + after if from_start else None
+            while process.poll() is None and (deadline is None or time.monotonic() < deadline):
                 before = max(before, _committed(index))  # what the manifest had committed before the kill
-                time.sleep(0.05)
+                if deadline is None and before > started:
+                    deadline = time.monotonic() + after
+                time.sleep(0.02)
             process.send_signal(signal.SIGKILL)
             process.wait()
-            checks.append({"kill": kill + 1, "after_s": round(after, 2), "committed_before": before[1],
-                           **_check(index, before, rng)})
+            checks.append({"kill": kill + 1, "moment": "from start" if from_start else "from its first commit",
+                           "after_s": round(after, 2), "committed_before": before[1], **_check(index, before, rng)})
         status("crash: the last run, to the end")
         subprocess.run(command, check=True, capture_output=True)
         final = _check(index, _committed(index), rng)
