@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evals.bench.retriever import _percentile, small_write_seconds
-from evals.bench.writes import _unit, sentences
+from evals.bench.retriever import p50_p99_ms, small_write_seconds
+from evals.bench.writes import BUILD_BATCH, _unit, sentences
 
 FTS5_WRITES = 20
 
@@ -83,17 +83,13 @@ def cost(sizes: list[int], scifact: Path | None, model_name: str, queries: int, 
     for size in sorted(sizes):
         status(f"lexical: the index at {size:,} documents")
         index = Retriever.create(workdir / f"idx-{size}", model_name)
-        for start in range(0, size, 100_000):
-            end = min(size, start + 100_000)
+        for start in range(0, size, BUILD_BATCH):
+            end = min(size, start + BUILD_BATCH)
             index.add_embedded([{"id": f"s{i}", "text": texts[i]} for i in range(start, end)],
                                _unit(rng, end - start, index.manifest.dimension))
         writes = small_write_seconds(index, rng)
         index.search(query_texts[0], mode="lexical")  # lazy loads
-        ours = []
-        for query in query_texts:
-            started = time.perf_counter()
-            index.search(query, k=10, mode="lexical")
-            ours.append((time.perf_counter() - started) * 1000)
+        ours = p50_p99_ms(lambda _, query: index.search(query, k=10, mode="lexical"), query_texts)
         index.close()
         status(f"lexical: FTS5 at {size:,} documents")
         db = _fts5(workdir / f"fts5-{size}.sqlite")
@@ -108,16 +104,12 @@ def cost(sizes: list[int], scifact: Path | None, model_name: str, queries: int, 
             db.execute("COMMIT")
             fts5_writes.append(time.perf_counter() - started)
         _fts5_search(db, query_texts[0], 10)
-        theirs = []
-        for query in query_texts:
-            started = time.perf_counter()
-            _fts5_search(db, query, 10)
-            theirs.append((time.perf_counter() - started) * 1000)
+        theirs = p50_p99_ms(lambda _, query: _fts5_search(db, query, 10), query_texts)
         db.close()
         rows.append({"documents": size, "index_add_one_median_s": writes["add_one_median_s"],
                      "fts5_add_one_median_s": statistics.median(fts5_writes),
-                     "index_p50_ms": _percentile(ours, 50), "index_p99_ms": _percentile(ours, 99),
-                     "fts5_p50_ms": _percentile(theirs, 50), "fts5_p99_ms": _percentile(theirs, 99)})
+                     "index_p50_ms": ours[0], "index_p99_ms": ours[1],
+                     "fts5_p50_ms": theirs[0], "fts5_p99_ms": theirs[1]})
     return {"texts": source, "results": rows}
 
 

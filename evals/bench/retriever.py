@@ -64,13 +64,20 @@ def warm_latency_ms(retriever, queries: list[str], k: int = 10, buckets: int = 0
     cases = [("", None, False), ("dense_", "dense", False)] + ([("filtered_", None, True)] if buckets else [])
     for prefix, mode, filtered in cases:
         retriever.search(queries[0], k=k, mode=mode)  # first call: lazy loads
-        times = []
-        for i, query in enumerate(queries):
-            started = time.perf_counter()
-            retriever.search(query, k=k, mode=mode, where={"bucket": i % buckets} if filtered else None)
-            times.append((time.perf_counter() - started) * 1000)
-        out.update({f"{prefix}p50_ms": _percentile(times, 50), f"{prefix}p99_ms": _percentile(times, 99)})
+        p50, p99 = p50_p99_ms(lambda i, query: retriever.search(
+            query, k=k, mode=mode, where={"bucket": i % buckets} if filtered else None), queries)
+        out.update({f"{prefix}p50_ms": p50, f"{prefix}p99_ms": p99})
     return out
+
+
+def p50_p99_ms(search: Callable[[int, str], object], queries: list[str]) -> tuple[float, float]:
+    """The median and 99th percentile, in ms, of search(i, query) over the queries."""
+    times = []
+    for i, query in enumerate(queries):
+        started = time.perf_counter()
+        search(i, query)
+        times.append((time.perf_counter() - started) * 1000)
+    return _percentile(times, 50), _percentile(times, 99)
 
 
 def cold_cli_seconds(index_dir: Path, query: str, runs: int) -> list[float]:
