@@ -63,8 +63,9 @@ class DefaultModelConfig(RecipeConfig):
                                       "principal components. embeddings: fresh layers, the teacher's own token "
                                       "embeddings (its width). teacher: the teacher's own weights where the shapes "
                                       "allow (width, heads and vocabulary must be the teacher's).")
-    teacher_layers: list[int] = option([], "student_init teacher: the teacher layer each student layer starts "
-                                           "from (empty: the first num_hidden_layers).")
+    teacher_layers: list[int] = option([], "The teacher layer each student layer starts from (student_init "
+                                           "teacher) and is matched to (distill_loss layers); empty: the first "
+                                           "num_hidden_layers.")
     hidden_size: int = option(256, "Student width.")
     num_hidden_layers: int = option(4, "Student layers (global attention every third, from the first).")
     num_attention_heads: int = option(4, "Attention heads (64 dimensions each).")
