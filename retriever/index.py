@@ -123,10 +123,11 @@ class EmbeddingEngine(Protocol):
     """What embeds the documents a write changes, elsewhere than in this process (retriever/ray_engine.py),
     or not at all (vectors made before: retriever/shards.py)."""
 
-    def embed(self, retriever: Retriever, documents: list[Document], per_commit: int,
+    def embed(self, retriever: Retriever, documents: Iterable[Document], per_commit: int,
               progress: TokenProgress) -> Iterable[Embedded]:
-        """`documents` embedded as the retriever's own model would embed them, in batches of at most
-        `per_commit` documents, each document once, in any order; `progress` advanced by tokens."""
+        """`documents` (an iterator over the changed documents, read once, as they are needed) embedded as the
+        retriever's own model would embed them, in batches of at most `per_commit` documents, each document
+        once, in any order; `progress` advanced by tokens."""
 
 
 class _Renamed:
@@ -355,8 +356,9 @@ class Retriever:
 
     def _update(self, documents: Iterable[Document], deletions: list[str], show_progress: bool,
                 wait: float, commit_every: int | None = None, engine: EmbeddingEngine | None = None) -> UpdateReport:
-        """`documents` (a list, or a corpus's spilled documents: iterated twice, once to diff, once to
-        embed what changed, `commit_every` at a time) added or replaced and `deletions` removed."""
+        """`documents` (a list, or a corpus's spilled documents: iterated once to diff, then to embed what
+        changed, `commit_every` at a time; for an engine once more before, for the ids it must send back)
+        added or replaced and `deletions` removed."""
         if commit_every is not None and commit_every < 1:
             raise ValueError(f"commit_every must be at least 1, got {commit_every}")
         started = time.perf_counter()
@@ -368,10 +370,9 @@ class Retriever:
                 with TokenProgress(show_progress, "embedding", documents=changing) as progress:
                     if changing:
                         changed = itertools.compress(documents, changes)
-                        if engine:
-                            changed = list(changed)
+                        if engine:  # the ids it must send back, then the documents streamed to it
                             pending = {d.id for d in changed}
-                            batches = engine.embed(self, changed, step, progress)
+                            batches = engine.embed(self, itertools.compress(documents, changes), step, progress)
                         else:
                             pending, batches = None, self._embedded(changed, step, progress)
                         self._commit_batches(store, batches, report, pending, progress)

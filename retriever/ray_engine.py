@@ -3,7 +3,8 @@
 
 The documents a write changes (sync has diffed them by content hash, so a rerun after an
 interruption sends only what was not committed) become a Ray Dataset of one row each, in blocks of
-`batch_docs` rows, and are embedded by `map_batches` over a fixed pool of actors
+`batch_docs` rows put in the object store as the documents are read (the driver holds no documents), and are
+embedded by `map_batches` over a fixed pool of actors
 (`ActorPoolStrategy(size=actors)`, `num_gpus=gpus_per_actor` each). Each actor loads the index's
 model once, checked against the index's fingerprint, and embeds each block with the code a single
 process runs (`retriever.index.embed_documents`: the same chunking, prompts and token packing), so
@@ -24,11 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import logging
-import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,8 @@ INSTALL_HINT = "pip install 'modernbert-retriever[ray]'"
 # The actors' output column of encoder tokens: a block's count on its first row (0 on the others), so
 # that a sum over rows counts each block once. Not a shard column.
 TOKENS = "tokens"
+# The rows the actors read: a document each, its metadata as JSON.
+_DOCUMENT_ROWS = pa.schema([(name, pa.string()) for name in ("id", "title", "text", "source", "metadata")])
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,9 @@ class RayEngine:
         """Where the actors run the encoder: CUDA when they are given GPUs."""
         return "cuda" if self.gpus_per_actor else "cpu"
 
-    def embed(self, retriever: Retriever, documents: list[Document], per_commit: int,
+    def embed(self, retriever: Retriever, documents: Iterable[Document], per_commit: int,
               progress: TokenProgress) -> Iterator[Embedded]:
-        """`documents` embedded on the cluster, `per_commit` at a time, as the actors finish them."""
+        """`documents` (read once) embedded on the cluster, `per_commit` at a time, as the actors finish them."""
         with _connected(self.address):
             for table in self._embedded(retriever, documents).iter_batches(batch_size=per_commit,
                                                                             batch_format="pyarrow"):
@@ -98,17 +101,22 @@ class RayEngine:
                     str(directory), schema=schema, min_rows_per_file=rows_per_shard)
         return todo
 
-    def _embedded(self, retriever: Retriever, documents: list[Document]):
+    def _embedded(self, retriever: Retriever, documents: Iterable[Document]):
         """The Dataset of `documents` embedded by the actor pool (lazy: it runs as it is read)."""
         import ray
 
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the index's own bar counts documents and tokens
         context.print_on_execution_start = False
-        rows = [{"id": d.id, "title": d.title, "text": d.text, "source": d.source,
-                 "metadata": json.dumps(d.metadata, ensure_ascii=False)} for d in documents]
-        # a block per batch: a block is what a task embeds, and what a dead actor's retry redoes
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / self.batch_docs)))
+        # a block per batch (what a task embeds, and what a dead actor's retry redoes), put in the object store
+        # as it is read: the driver holds a reference per block, not the documents (Ray spills blocks to disk
+        # when the store is full)
+        documents, blocks = iter(documents), []
+        while batch := list(itertools.islice(documents, self.batch_docs)):
+            blocks.append(ray.put(pa.Table.from_pylist(
+                [{"id": d.id, "title": d.title, "text": d.text, "source": d.source,
+                  "metadata": json.dumps(d.metadata, ensure_ascii=False)} for d in batch], schema=_DOCUMENT_ROWS)))
+        dataset = ray.data.from_arrow_refs(blocks)
         with warnings.catch_warnings():
             # Ray Data's own defaults restart a dead actor and retry its block without end, so a block that
             # kills every actor would hang the job: the bounds go in as actor options, which Ray 2.60 takes

@@ -106,7 +106,7 @@ class Precomputed:
 
     embedded: Embedded
 
-    def embed(self, retriever: Retriever, documents: list[Document], per_commit: int,
+    def embed(self, retriever: Retriever, documents: Iterable[Document], per_commit: int,
               progress: TokenProgress) -> Iterator[Embedded]:
         wanted = {d.id for d in documents}
         keep = [i for i, d in enumerate(self.embedded[0]) if d.id in wanted]

@@ -3,6 +3,7 @@ Parquet shards. One local Ray cluster (2 CPUs, real worker processes) serves the
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sqlite3
@@ -20,7 +21,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from retriever import Retriever  # noqa: E402
 from retriever.cli import app  # noqa: E402
-from retriever.documents import read_corpus  # noqa: E402
+from retriever.documents import Document, read_corpus  # noqa: E402
 from retriever.embedding import Chunking  # noqa: E402
 from retriever.ray_engine import RayEngine  # noqa: E402
 from retriever.shards import METADATA_KEY  # noqa: E402
@@ -198,6 +199,34 @@ def test_an_interrupted_run_resumes_without_re_embedding(corpus_dir, st_model_di
     assert sorted(report.added) == sorted(rest) and report.unchanged == len(committed)
     assert live_documents(tmp_path / "index") == Counter({d.id: 1 for d in documents})
     assert_same_vectors(tmp_path / "index", local_indexes["window"])
+
+
+def live_documents_in_driver() -> int:
+    gc.collect()
+    return sum(isinstance(o, Document) for o in gc.get_objects())
+
+
+class CountsAtFirstBatch(RayEngine):
+    """The Ray engine, noting how many Documents this process holds when the first embedded batch comes back."""
+
+    counts: list[int] = []
+
+    def embed(self, retriever, documents, per_commit, progress):
+        for number, embedded in enumerate(super().embed(retriever, documents, per_commit, progress)):
+            if number == 0:
+                self.counts.append(live_documents_in_driver())
+            yield embedded
+
+
+def test_documents_stream_to_the_cluster_from_the_spilled_corpus(corpus_dir, st_model_dir, tmp_path):
+    """The driver reads the changed documents from the corpus's spill as it sends them: when the first batch
+    commits it holds that batch's documents, not the corpus's."""
+    retriever = Retriever.create(tmp_path / "index", st_model_dir, max_length=MAX_LENGTH)
+    corpus = read_corpus([corpus_dir])
+    before = live_documents_in_driver()
+    report = retriever.sync(corpus, commit_every=2, engine=CountsAtFirstBatch(actors=1, batch_docs=2))
+    assert len(report.added) == len(corpus.documents) == 38
+    assert CountsAtFirstBatch.counts[-1] - before <= 2  # the batch in hand
 
 
 def test_shards_round_trip_and_a_mismatch_names_the_shard(corpus_dir, st_model_dir, local_indexes, tmp_path):
